@@ -1,0 +1,48 @@
+"""Shared test setup: Triton runs through its CPU interpreter, shared/ paths, tiny models.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at
+the top of the first module pytest loads.
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SMOLLM2_GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/, or skip the test where it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared/ is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A freshly built random tiny model directory (built once per session)."""
+    from rlvfast.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from rlvfast.models import load_model
+
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from ../shared (about 30 s to dequantize; loaded once)."""
+    from rlvfast.models import load_model
+
+    if not SMOLLM2_GGUF.exists():
+        pytest.skip(f"{SMOLLM2_GGUF} not present")
+    return load_model(SMOLLM2_GGUF)
