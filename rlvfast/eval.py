@@ -1,0 +1,369 @@
+"""`python -m rlvfast.eval`: test-time scaling of one model on one data set.
+
+Samples n solutions per problem with in-cache verifier scores (the `Sampler`), grades them,
+appends every sample to OUT/samples.jsonl (one problem at a time, flushed: a rerun with the
+same --out skips finished problems), then writes OUT/results.json, PNG plots and a table:
+accuracy at k for pass / majority / best-of-n / weighted, compute efficiency, verifier
+metrics, per difficulty. Options: `--judge` (LLM-as-a-judge baseline scores) and
+`--lengths` (sequential scaling with a confidence threshold).
+
+The metric math lives in `rlvfast.scaling`, plots in `rlvfast.plots`; this file is the CLI
+and the sampling loop.
+
+Judge: the same model gets a grading prompt (problem + solution, "grade it step by step"),
+greedily writes up to --judge-max-tokens tokens of reasoning, and its score is P("Yes")
+after the question "Is the answer correct (Yes/No)?" is appended to its own KV cache: a
+second `Sampler` whose verification prompt is that question does it in one pass.
+
+Sequential: samples are generated once at the largest length; the prefix of each sample at
+a smaller budget L is its first L tokens (what a KV-cache continuation would have produced),
+graded and re-scored with `Sampler.score`. Tokens "spent" are counted as a continuation
+would spend them (sum of min(len, L)), not what this evaluation spent to measure them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlvfast.data import Problem
+from rlvfast.scaling import Budget, Pool, format_report, summarize
+from rlvfast.voting import normalize_answer
+
+JUDGE_PROMPT = ("Below is a math problem and a proposed solution. Grade the solution step by step: "
+                "check every step and the final answer.\n\nProblem: {problem}\n\nProposed solution:\n"
+                "{solution}\n\nStep-by-step grading:")
+JUDGE_QUESTION = "Is the answer correct (Yes/No)?"
+# Settings a rerun must share with the samples already in OUT/ (the problem list may grow).
+RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", "judge",
+            "judge_max_tokens", "lengths")
+
+
+# ---------------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _lengths(text: str) -> list[int]:
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        values = sorted({int(p) for p in parts})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts like 256,512, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive token counts like 256,512, got {text!r}")
+    return values
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thresholds in [0, 1] like 0.6 or 0.5,0.8, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected thresholds in [0, 1] like 0.6 or 0.5,0.8, got {text!r}")
+    return values
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlvfast.eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="Hugging Face model directory or .gguf file")
+    p.add_argument("--data", required=True,
+                   help="a .jsonl file (MATH500, GSM8K, AIME24, AMC23 formats) or synthetic[:test|hard|ops=N,digits=M]")
+    p.add_argument("--out", required=True, help="output directory (reused: finished problems are skipped)")
+    p.add_argument("--n", type=_positive_int, default=64, help="samples per problem")
+    p.add_argument("--max-tokens", type=_positive_int, default=256, help="new tokens per sample")
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0)
+    p.add_argument("--top-p", type=_unit_float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling and subset seed")
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first K problems")
+    p.add_argument("--num-problems", type=_positive_int, default=100, help="problems drawn for synthetic data")
+    p.add_argument("--batch-problems", type=_positive_int, default=4, help="problems per generate call")
+    p.add_argument("--trials", type=_positive_int, default=100, help="random subsets per k (all when fewer exist)")
+    p.add_argument("--grade-timeout", type=_non_negative_float, default=5.0, help="seconds per grading")
+    p.add_argument("--judge", action="store_true", help="also score every sample with the LLM-as-a-judge prompt")
+    p.add_argument("--judge-max-tokens", type=_positive_int, default=512)
+    p.add_argument("--lengths", type=_lengths, default=None,
+                   help="sequential scaling: token budgets, e.g. 256,512,1024 (the largest replaces --max-tokens)")
+    p.add_argument("--threshold", type=_thresholds, default=[0.6],
+                   help="sequential scaling: weighted-vote confidence to stop at (comma-separated for several)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lengths is not None:
+        args.max_tokens = args.lengths[-1]
+    if args.data.startswith("synthetic"):
+        split = args.data.partition(":")[2] or "test"
+        from rlvfast.synthetic import parse_difficulty
+
+        try:
+            parse_difficulty(split)
+        except ValueError as err:
+            parser.error(f"--data {args.data!r}: {err}")
+    elif not os.path.isfile(args.data):
+        parser.error(f"--data {args.data!r}: no such file (or use synthetic[:split])")
+    if not os.path.exists(args.model) and os.path.sep in args.model:
+        parser.error(f"--model {args.model!r}: no such file or directory")
+    return args
+
+
+# ---------------------------------------------------------------------------- problems and storage
+def load_eval_problems(args: argparse.Namespace) -> list[Problem]:
+    if args.data.startswith("synthetic"):
+        from rlvfast.synthetic import make_problems
+
+        split = args.data.partition(":")[2] or "test"
+        problems = make_problems(args.num_problems, split, seed=0)
+    else:
+        from rlvfast.data import load_problems
+
+        problems = load_problems(args.data)
+    problems = problems[: args.limit] if args.limit else problems
+    if not problems:
+        raise SystemExit(f"--data {args.data!r}: no problems to evaluate")
+    return problems
+
+
+def difficulty_of(problem: Problem) -> str | None:
+    for key in ("difficulty", "level"):
+        if problem.meta.get(key) is not None:
+            return str(problem.meta[key])
+    return None
+
+
+def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
+    """problem id -> its n records. Lines of a problem left unfinished by an interruption (a
+    torn last line, or fewer than n samples) are dropped and the file is rewritten without them."""
+    if not path.exists():
+        return {}
+    by_problem: dict[str, list[dict]] = {}
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # empty line, or a torn write
+        by_problem.setdefault(record["problem_id"], []).append(record)
+    complete = {pid: recs for pid, recs in by_problem.items() if len(recs) == n}
+    kept = [json.dumps(r) for recs in complete.values() for r in recs]
+    if sum(map(len, complete.values())) != sum(1 for line in lines if line.strip()):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return complete
+
+
+def check_run_config(out: Path, args: argparse.Namespace) -> None:
+    """OUT/config.json records the settings; a rerun with different ones is refused."""
+    config = {key: getattr(args, key) for key in RUN_KEYS}
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}={old.get(k)!r} there, {config[k]!r} now" for k in RUN_KEYS if old.get(k) != config[k]]
+        if diff:
+            raise SystemExit(f"--out {str(out)!r} holds samples made with other settings ({'; '.join(diff)}); "
+                             "use a fresh --out")
+    path.write_text(json.dumps(config, indent=2))
+
+
+# ---------------------------------------------------------------------------- sampling
+class Evaluator:
+    """Samples, scores and grades a batch of problems into sample records."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from rlvfast.grading import Grader
+        from rlvfast.models import load_model
+        from rlvfast.sampler import Sampler, SamplingParams
+
+        self.args = args
+        self.model, self.tokenizer = load_model(args.model)
+        self.sampler = Sampler(self.model, self.tokenizer)
+        self.grader = Grader(timeout=args.grade_timeout)
+        self.params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
+                                     top_p=args.top_p, seed=args.seed)
+        self.judge = Sampler(self.model, self.tokenizer, verify_prompt=self._judge_question()) if args.judge else None
+        self.judge_params = SamplingParams(n=1, max_tokens=args.judge_max_tokens, temperature=0.0)
+        self.num_model_calls = 0
+
+    def _judge_question(self):
+        from rlvfast.sampler import build_verify_prompt
+
+        return build_verify_prompt(self.tokenizer, JUDGE_QUESTION)
+
+    def prompt(self, problem: Problem) -> str:
+        from rlvfast.sampler import format_prompt
+
+        return format_prompt(self.tokenizer, problem.problem)
+
+    def run_batch(self, problems: list[Problem], first_index: int) -> list[list[dict]]:
+        """Records of each problem's n samples. The sampling seed is derived from the position
+        of the batch's first problem in the problem list, so a resumed run that batches the same
+        way draws the same samples."""
+        from rlvfast.sampler import SamplingParams
+
+        prompts = [self.prompt(p) for p in problems]
+        params = self.params
+        params = SamplingParams(n=params.n, max_tokens=params.max_tokens, temperature=params.temperature,
+                                top_p=params.top_p, seed=self.args.seed * 1_000_003 + first_index)
+        outputs = self.sampler.generate(prompts, params, score=True)
+        self.num_model_calls += 1
+        completions = [c for out in outputs for c in out.completions]
+        golds = [p.answer for p in problems for _ in range(self.args.n)]
+        grades = self.grader.grade_batch([c.text for c in completions], golds)
+        records = []
+        for j, (c, g) in enumerate(zip(completions, grades)):
+            problem = problems[j // self.args.n]
+            records.append({"problem_id": problem.id, "sample": j % self.args.n, "difficulty": difficulty_of(problem),
+                            "gold": str(problem.answer), "text": c.text, "answer": g.answer, "correct": bool(g.correct),
+                            "grade_status": g.status, "score": float(c.score), "num_tokens": len(c.token_ids),
+                            "finish_reason": c.finish_reason})
+        if self.judge is not None:
+            self._add_judge_scores(problems, records)
+        if self.args.lengths is not None:
+            self._add_budgets(prompts, completions, records, golds)
+        n = self.args.n
+        return [records[i * n:(i + 1) * n] for i in range(len(problems))]
+
+    def _add_judge_scores(self, problems: list[Problem], records: list[dict]) -> None:
+        from rlvfast.sampler import format_prompt
+
+        by_id = {p.id: p for p in problems}
+        prompts = [format_prompt(self.tokenizer, JUDGE_PROMPT.format(problem=by_id[r["problem_id"]].problem,
+                                                                     solution=r["text"])) for r in records]
+        outputs = self.judge.generate(prompts, self.judge_params, score=True)
+        self.num_model_calls += 1
+        for record, out in zip(records, outputs):
+            record["judge_score"] = float(out.completions[0].score)
+            record["judge_text"] = out.completions[0].text
+
+    def _add_budgets(self, prompts: list[str], completions: list, records: list[dict], golds: list) -> None:
+        """For each budget L: the first L tokens of each sample, graded and scored."""
+        n = self.args.n
+        for L in self.args.lengths:
+            cut = [j for j, c in enumerate(completions) if len(c.token_ids) > L]
+            texts = {j: self.tokenizer.decode(completions[j].token_ids[:L], skip_special_tokens=True) for j in cut}
+            scores = {}
+            if cut:
+                rescored = self.sampler.score([prompts[j // n] for j in cut], [[texts[j]] for j in cut])
+                self.num_model_calls += 1
+                scores = {j: float(s[0]) for j, s in zip(cut, rescored)}
+            grades = dict(zip(cut, self.grader.grade_batch([texts[j] for j in cut], [golds[j] for j in cut])))
+            for j, record in enumerate(records):
+                entry = ({"answer": record["answer"], "correct": record["correct"], "score": record["score"],
+                          "num_tokens": record["num_tokens"]} if j not in texts else
+                         {"answer": grades[j].answer, "correct": bool(grades[j].correct), "score": scores[j],
+                          "num_tokens": L})
+                record.setdefault("budgets", {})[str(L)] = entry
+
+    def close(self) -> None:
+        self.grader.close()
+
+
+# ---------------------------------------------------------------------------- metrics and outputs
+def pool_from_records(records: list[dict]) -> Pool:
+    records = sorted(records, key=lambda r: r["sample"])
+    budgets = {}
+    for L in records[0].get("budgets", {}):
+        entries = [r["budgets"][L] for r in records]
+        budgets[int(L)] = Budget([normalize_answer(e["answer"]) for e in entries], [e["correct"] for e in entries],
+                                 [e["score"] for e in entries], [e["num_tokens"] for e in entries])
+    judge = [r["judge_score"] for r in records] if "judge_score" in records[0] else None
+    return Pool(records[0]["problem_id"], [normalize_answer(r["answer"]) for r in records],
+                [r["correct"] for r in records], [r["score"] for r in records], [r["num_tokens"] for r in records],
+                difficulty=records[0]["difficulty"], judge_scores=judge, budgets=budgets)
+
+
+def write_outputs(out: Path, results: dict) -> list[Path]:
+    from rlvfast.plots import plot_parallel, plot_sequential
+
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plots = [plot_parallel(results["parallel"], out / "accuracy_vs_k.png",
+                           f"{results['num_problems']} problems, n={results['n']}")]
+    for name, block in results["by_difficulty"].items():
+        if len(results["by_difficulty"]) > 1:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+            plots.append(plot_parallel(block["parallel"], out / f"accuracy_vs_k_{safe}.png",
+                                       f"difficulty {name}: {block['num_problems']} problems, n={block['n']}"))
+    if "sequential" in results:
+        plots.append(plot_sequential(results["sequential"], out / "sequential.png"))
+    return plots
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the evaluation; returns the results dict (also in OUT/results.json)."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_config(out, args)
+    problems = load_eval_problems(args)
+    samples_path = out / "samples.jsonl"
+    done = read_samples(samples_path, args.n)
+    pending = [p for p in problems if p.id not in done]
+    start = time.perf_counter()
+    if pending:
+        evaluator = Evaluator(args)
+        try:
+            with open(samples_path, "a", encoding="utf-8") as f, \
+                    tqdm(total=len(problems), initial=len(problems) - len(pending), desc="eval", unit="problem") as bar:
+                position = {p.id: i for i, p in enumerate(problems)}
+                for b in range(0, len(pending), args.batch_problems):
+                    batch = pending[b:b + args.batch_problems]
+                    for problem, records in zip(batch, evaluator.run_batch(batch, position[batch[0].id])):
+                        f.write("".join(json.dumps(r) + "\n" for r in records))  # one problem, one flush
+                        f.flush()
+                        done[problem.id] = records
+                        bar.update(1)
+        finally:
+            evaluator.close()
+    results = summarize([pool_from_records(done[p.id]) for p in problems], num_trials=args.trials,
+                        seed=args.seed, thresholds=args.threshold)
+    results["config"] = {key: getattr(args, key) for key in RUN_KEYS} | {"limit": args.limit}
+    results["num_resumed"] = len(problems) - len(pending)
+    results["sampling_seconds"] = time.perf_counter() - start
+    write_outputs(out, results)
+    print(format_report(results))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: finished problems are kept in samples.jsonl; rerun to resume", file=sys.stderr)
+        sys.exit(130)
