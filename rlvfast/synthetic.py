@@ -54,8 +54,8 @@ def parse_difficulty(spec: str) -> tuple[Difficulty, int]:
 
 def make_problems(num_problems: int, split: str | Difficulty = "train", seed: int = 0) -> list[Problem]:
     """`num_problems` problems of one split (or an explicit Difficulty), the same for the same seed."""
-    if num_problems < 0:
-        raise ValueError(f"num_problems must be >= 0, got {num_problems}")
+    if isinstance(num_problems, bool) or not isinstance(num_problems, int) or num_problems < 0:
+        raise ValueError(f"num_problems must be an int >= 0, got {num_problems!r}")
     difficulty, offset = (split, 0) if isinstance(split, Difficulty) else parse_difficulty(split)
     rng = random.Random(seed + offset)
     name = split if isinstance(split, str) else f"ops={difficulty.num_operands},digits={difficulty.num_digits}"
@@ -83,8 +83,8 @@ def evaluate(expr: str) -> int:
 
 def solution_text(problem: Problem | str, error_rate: float = 0.0, rng: random.Random | None = None) -> str:
     """Step-by-step solution; each step is wrong with probability `error_rate`."""
-    if not 0.0 <= error_rate <= 1.0:
-        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+    if isinstance(error_rate, bool) or not isinstance(error_rate, (int, float)) or not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be a number in [0, 1], got {error_rate!r}")
     text = problem.problem if isinstance(problem, Problem) else problem
     match = _PROBLEM_RE.match(text)
     if match is None:
@@ -93,10 +93,13 @@ def solution_text(problem: Problem | str, error_rate: float = 0.0, rng: random.R
     tokens = re.findall(r"[+-]|\d+", match.group(1))
     value = int(tokens[0])
     lines = []
+    offset = 0  # accumulated error; a new error never cancels it, so wrong steps => wrong answer
     for sign, number in zip(tokens[1::2], tokens[2::2]):
         result = value + int(number) if sign == "+" else value - int(number)
         if error_rate and rng.random() < error_rate:
-            result += rng.choice([-3, -2, -1, 1, 2, 3])
+            delta = rng.choice([d for d in (-3, -2, -1, 1, 2, 3) if d != -offset])
+            result += delta
+            offset += delta
         lines.append(f"{value}{sign}{number}={result}")
         value = result
     lines.append(f"\\boxed{{{value}}}")
