@@ -1,0 +1,157 @@
+"""Fused clipped policy-gradient loss through the lm head, without the [N, V] logits.
+
+Does: policy_loss(hidden, weight, targets, old_logprobs, advantages, weights, clip_low,
+clip_high, temperature) -> (loss, logprobs), with gradients to hidden and weight, all
+computed in the forward (the loss is a scalar, so the backward only scales them).
+Does not: validate inputs, differentiate through old_logprobs/advantages/weights (they
+are data), or normalize (weights carry the mask and any 1/num_tokens factor).
+
+Math (per row n; logits z = h W^T / T; lse and lp as in token_logprobs.py):
+    r   = exp(lp - old)
+    l   = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)
+    loss = sum_n w_n l_n
+    d loss / d lp = -w A r   where the unclipped term is the min (r A <= clip(r) A),
+                    0        where the clipped one is (it is constant in r there)
+    G_j = d loss / d lp * (onehot_j - p_j) / T              (d loss / d (h W^T))
+One Triton program per row of a [C, V] logit chunk: pass 1 streams the LSE, then this
+epilogue, then pass 2 overwrites the chunk with G; two GEMMs turn G into grad_h and grad_W.
+Three GEMMs per chunk in all, the minimum for a forward + backward through the lm head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from rlvfast.kernels.token_logprobs import (
+    LmHeadOperands, _row_lse, _write_row_grad, acc_dtype, block_v, chunk_rows_for, num_warps_for,
+)
+
+
+# ----------------------------------------------------------------------------- kernel
+@triton.jit
+def _policy_loss_kernel(
+    logits_ptr,  # [C, V] unscaled logits h @ W^T of this chunk (fp32/fp64), row stride stride_row
+    grad_logits_ptr,  # [C, V] out: G = d loss / d (h W^T); may alias logits_ptr; unused if not HAS_GRAD
+    targets_ptr,  # [C] int64 target ids
+    old_logprobs_ptr,  # [C] log-probs under the rollout policy
+    advantages_ptr,  # [C] advantage per token
+    weights_ptr,  # [C] per-token loss weight (mask / normalization)
+    logprobs_ptr,  # [C] out: lp
+    loss_ptr,  # [C] out: w * l per row (summed by the launcher)
+    stride_row,
+    n_cols,  # V
+    clip_low,
+    clip_high,
+    temperature,
+    HAS_GRAD: tl.constexpr,  # write G (False: loss-only forward, e.g. under no_grad)
+    BLOCK_V: tl.constexpr,
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    inv_t = 1.0 / tl.cast(temperature, ACC)
+    lse = _row_lse(row_ptr, n_cols, inv_t, BLOCK_V, ACC)
+    target = tl.load(targets_ptr + row)
+    lp = tl.load(row_ptr + target).to(ACC) * inv_t - lse
+
+    adv = tl.load(advantages_ptr + row).to(ACC)
+    w = tl.load(weights_ptr + row).to(ACC)
+    ratio = tl.exp(lp - tl.load(old_logprobs_ptr + row).to(ACC))
+    clipped = tl.minimum(tl.maximum(ratio, 1.0 - tl.cast(clip_low, ACC)), 1.0 + tl.cast(clip_high, ACC))
+    unclipped_term = ratio * adv
+    clipped_term = clipped * adv
+    tl.store(logprobs_ptr + row, lp)
+    tl.store(loss_ptr + row, -w * tl.minimum(unclipped_term, clipped_term))
+    if HAS_GRAD:
+        d_lp = tl.where(unclipped_term <= clipped_term, -w * unclipped_term, 0.0)
+        _write_row_grad(row_ptr, grad_logits_ptr + row * stride_row, n_cols, target, lse, -d_lp, d_lp,
+                        inv_t, BLOCK_V, ACC)
+
+
+# ----------------------------------------------------------------------------- launcher
+def policy_loss_forward(ops: LmHeadOperands, targets: torch.Tensor, old_logprobs: torch.Tensor,
+                        advantages: torch.Tensor, weights: torch.Tensor, cfg: "PolicyLossConfig",
+                        needs_hidden: bool, needs_weight: bool):
+    """(loss, logprobs, grad_hidden | None, grad_weight | None), grads for d loss = 1."""
+    num_rows, num_cols = ops.hidden.shape[0], ops.weight.shape[0]
+    has_grad = needs_hidden or needs_weight
+    logprobs = torch.empty(num_rows, dtype=ops.compute_dtype, device=ops.hidden.device)  # (N,)
+    row_loss = torch.empty_like(logprobs)  # (N,)
+    grad_hidden = torch.empty_like(ops.hidden) if needs_hidden else None  # (N, H)
+    grad_weight = torch.zeros_like(ops.weight, dtype=ops.compute_dtype) if needs_weight else None  # (V, H)
+    step = chunk_rows_for(num_rows, num_cols, cfg.chunk_rows)
+    block = block_v(num_cols)
+    for start in range(0, num_rows, step):
+        rows = slice(start, min(start + step, num_rows))
+        logits = ops.logits(rows)  # (C, V)
+        grad_logits = ops.grad_buffer(logits) if has_grad else logits  # (C, V)
+        _policy_loss_kernel[(logits.shape[0],)](
+            logits, grad_logits, targets[rows], old_logprobs[rows], advantages[rows], weights[rows],
+            logprobs[rows], row_loss[rows], logits.stride(0), num_cols,
+            cfg.clip_low, cfg.clip_high, cfg.temperature,
+            HAS_GRAD=has_grad, BLOCK_V=block, ACC=acc_dtype(ops.compute_dtype), num_warps=num_warps_for(block))
+        if has_grad:
+            ops.accumulate_grads(rows, grad_logits, grad_hidden, grad_weight)
+    return row_loss.sum(), logprobs, grad_hidden, grad_weight
+
+
+# ----------------------------------------------------------------------------- autograd
+@dataclass(slots=True, frozen=True)
+class PolicyLossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    temperature: float = 1.0
+    chunk_rows: int | None = None  # rows per logit chunk; None: CHUNK_ELEMS // V
+
+    def __post_init__(self):
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"PolicyLossConfig.clip_low must be in [0, 1), got {self.clip_low!r}")
+        if not self.clip_high >= 0:
+            raise ValueError(f"PolicyLossConfig.clip_high must be >= 0, got {self.clip_high!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"PolicyLossConfig.temperature must be > 0, got {self.temperature!r}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ValueError(f"PolicyLossConfig.chunk_rows must be >= 1 or None, got {self.chunk_rows!r}")
+
+
+class PolicyLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                cfg: PolicyLossConfig):
+        ops = LmHeadOperands.of(hidden, weight)
+        cd = ops.compute_dtype
+        data = [t.detach().to(cd).contiguous() for t in (old_logprobs, advantages, weights)]
+        loss, logprobs, grad_hidden, grad_weight = policy_loss_forward(
+            ops, targets.contiguous().long(), *data, cfg, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+            None if grad_weight is None else grad_weight.to(weight.dtype))
+        ctx.mark_non_differentiable(logprobs)
+        return loss, logprobs
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, grad_logprobs: torch.Tensor | None):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2, temperature: float = 1.0,
+                *, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped policy loss sum_n weights_n * l_n and the detached logprobs [N].
+
+    hidden [N, H], weight [V, H], targets/old_logprobs/advantages/weights [N]. The loss is
+    fp32 (fp64 when hidden and weight are fp64); gradients go to hidden and weight only.
+    chunk_rows overrides the rows per logit chunk (tests use it to cross chunk edges).
+    """
+    cfg = PolicyLossConfig(float(clip_low), float(clip_high), float(temperature), chunk_rows)
+    return PolicyLossFunction.apply(hidden, weight, targets, old_logprobs, advantages, weights, cfg)

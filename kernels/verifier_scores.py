@@ -1,0 +1,179 @@
+"""Verifier scores P("Yes"), P("No") under the full-vocabulary softmax, without [B, V] logits.
+
+Does: verifier_scores(hidden, weight, yes_id, no_id, temperature) -> (p_yes, p_no) for the
+hidden states at the verification position; differentiable in hidden and weight.
+Does not: validate ids or shapes (rlvfast.ops does), or pick the verification position.
+
+Math (per row b, z = h_b W^T / T):
+    lse_b = log sum_j exp(z_j)          streamed over vocabulary chunks of at most
+                                         MAX_CHUNK_COLS columns: per chunk cuBLAS writes
+                                         [B, Vc] logits and one Triton program per row
+                                         folds them into a running (max, sum-exp) pair
+    p_yes = exp(h_b . w_yes / T - lse_b) only the two lm-head rows w_yes, w_no are gathered
+Backward, with upstream (g_y, g_n) and a = g_y p_yes + g_n p_no:
+    d / d z_j = (-a p_j + g_y p_yes [j = yes] + g_n p_no [j = no]) / T
+the dense -a p_j part chunk by chunk with token_logprobs' gradient kernel (recomputing each
+chunk's logits), the two one-hot columns through w_yes, w_no with plain torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from rlvfast.kernels.token_logprobs import (
+    LmHeadOperands, _logprobs_bwd_kernel, acc_dtype, block_v, num_warps_for,
+)
+
+# At most this many vocabulary columns per logit chunk, and about CHUNK_ELEMS elements.
+MAX_CHUNK_COLS = 32768
+CHUNK_ELEMS = 2**26
+
+
+# ----------------------------------------------------------------------------- kernel
+@triton.jit
+def _lse_update_kernel(
+    logits_ptr,  # [B, Vc] unscaled logits of one vocabulary chunk, row stride stride_row
+    max_ptr,  # [B] in/out: running max of z over the chunks seen so far (-inf at start)
+    sumexp_ptr,  # [B] in/out: running sum of exp(z - max) (0 at start)
+    stride_row,
+    n_cols,  # Vc
+    temperature,
+    BLOCK_V: tl.constexpr,
+    ACC: tl.constexpr,  # fp32, or fp64 for fp64 inputs
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    inv_t = 1.0 / tl.cast(temperature, ACC)
+    m = tl.load(max_ptr + row).to(ACC)
+    s = tl.load(sumexp_ptr + row).to(ACC)
+    for start in range(0, n_cols, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        z = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(ACC) * inv_t
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+        m = m_new
+    tl.store(max_ptr + row, m)
+    tl.store(sumexp_ptr + row, s)
+
+
+# ----------------------------------------------------------------------------- launchers
+def chunk_cols_for(num_rows: int, num_cols: int, chunk_cols: int | None) -> int:
+    if chunk_cols is not None:
+        return max(1, min(num_cols, chunk_cols))
+    return min(num_cols, MAX_CHUNK_COLS, max(1024, CHUNK_ELEMS // max(num_rows, 1)))
+
+
+def _vocab_chunks(num_cols: int, step: int):
+    for start in range(0, num_cols, step):
+        yield slice(start, min(start + step, num_cols))
+
+
+def _chunk_logits(ops: LmHeadOperands, cols: slice) -> torch.Tensor:
+    w = ops.weight[cols]  # (Vc, H)
+    if ops.is_mixed:
+        return torch.mm(ops.hidden, w.T, out_dtype=ops.compute_dtype)  # (B, Vc)
+    return torch.mm(ops.hidden, w.T)  # (B, Vc)
+
+
+def verifier_lse(ops: LmHeadOperands, temperature: float, chunk_cols: int | None) -> torch.Tensor:
+    num_rows, num_cols = ops.hidden.shape[0], ops.weight.shape[0]
+    running_max = torch.full((num_rows,), float("-inf"), dtype=ops.compute_dtype, device=ops.hidden.device)
+    running_sum = torch.zeros_like(running_max)  # (B,)
+    step = chunk_cols_for(num_rows, num_cols, chunk_cols)
+    for cols in _vocab_chunks(num_cols, step):
+        logits = _chunk_logits(ops, cols)  # (B, Vc)
+        block = block_v(logits.shape[1])
+        _lse_update_kernel[(num_rows,)](logits, running_max, running_sum, logits.stride(0), logits.shape[1],
+                                        temperature, BLOCK_V=block, ACC=acc_dtype(ops.compute_dtype),
+                                        num_warps=num_warps_for(block))
+    return running_max + torch.log(running_sum)  # (B,)
+
+
+def _pair_logits(ops: LmHeadOperands, ids: list[int], temperature: float) -> torch.Tensor:
+    w = ops.weight[ids].to(ops.compute_dtype)  # (2, H)
+    return (ops.hidden.to(ops.compute_dtype) @ w.T) / temperature  # (B, 2)
+
+
+def verifier_backward(ops: LmHeadOperands, ids: list[int], lse: torch.Tensor, probs: torch.Tensor,
+                      grad_probs: torch.Tensor, cfg: "VerifierConfig", needs_hidden: bool, needs_weight: bool):
+    num_rows, num_cols = ops.hidden.shape[0], ops.weight.shape[0]
+    cd = ops.compute_dtype
+    onehot_coef = grad_probs * probs  # (B, 2): g_y p_yes, g_n p_no
+    dense_coef = -onehot_coef.sum(dim=1)  # (B,): -a
+    zeros = torch.zeros_like(dense_coef)
+    no_target = torch.full((num_rows,), -1, dtype=torch.int64, device=lse.device)
+    grad_hidden = torch.zeros_like(ops.hidden, dtype=cd) if needs_hidden else None  # (B, H)
+    grad_weight = torch.zeros_like(ops.weight, dtype=cd) if needs_weight else None  # (V, H)
+    for cols in _vocab_chunks(num_cols, chunk_cols_for(num_rows, num_cols, cfg.chunk_cols)):
+        logits = _chunk_logits(ops, cols)  # (B, Vc)
+        grad_logits = ops.grad_buffer(logits)  # (B, Vc)
+        block = block_v(logits.shape[1])
+        # G_j = ((g_lse - g_lp) p_j + g_lp [j = -1]) / T with g_lse = -a, g_lp = 0: the dense part
+        _logprobs_bwd_kernel[(num_rows,)](logits, grad_logits, no_target, lse, zeros, dense_coef,
+                                          logits.stride(0), logits.shape[1], cfg.temperature,
+                                          BLOCK_V=block, ACC=acc_dtype(cd), num_warps=num_warps_for(block))
+        if grad_hidden is not None:
+            grad_hidden += torch.mm(grad_logits, ops.weight[cols]).to(cd)  # (B, H)
+        if grad_weight is not None:
+            grad_weight[cols] = torch.mm(grad_logits.T, ops.hidden).to(cd)  # (Vc, H)
+    pair_grad = onehot_coef / cfg.temperature  # (B, 2): d / d (h . w) at the yes and no columns
+    if grad_hidden is not None:
+        grad_hidden += pair_grad @ ops.weight[ids].to(cd)  # (B, H)
+    if grad_weight is not None:
+        grad_weight.index_add_(0, torch.tensor(ids, device=lse.device), pair_grad.T @ ops.hidden.to(cd))
+    return grad_hidden, grad_weight
+
+
+# ----------------------------------------------------------------------------- autograd
+@dataclass(slots=True, frozen=True)
+class VerifierConfig:
+    yes_id: int
+    no_id: int
+    temperature: float = 1.0
+    chunk_cols: int | None = None  # vocabulary columns per logit chunk; None: chunk_cols_for
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"VerifierConfig.temperature must be > 0, got {self.temperature!r}")
+        if self.chunk_cols is not None and self.chunk_cols < 1:
+            raise ValueError(f"VerifierConfig.chunk_cols must be >= 1 or None, got {self.chunk_cols!r}")
+
+
+class VerifierScoresFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, cfg: VerifierConfig):
+        ops = LmHeadOperands.of(hidden, weight)
+        ids = [cfg.yes_id, cfg.no_id]
+        lse = verifier_lse(ops, cfg.temperature, cfg.chunk_cols)  # (B,)
+        probs = torch.exp(_pair_logits(ops, ids, cfg.temperature) - lse[:, None])  # (B, 2)
+        ctx.save_for_backward(hidden, weight, lse, probs)
+        ctx.cfg = cfg
+        return probs[:, 0].contiguous(), probs[:, 1].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_yes: torch.Tensor | None, grad_no: torch.Tensor | None):
+        hidden, weight, lse, probs = ctx.saved_tensors
+        cfg: VerifierConfig = ctx.cfg
+        grad_probs = torch.stack([torch.zeros_like(lse) if g is None else g.to(lse.dtype)
+                                  for g in (grad_yes, grad_no)], dim=1)  # (B, 2)
+        ops = LmHeadOperands.of(hidden, weight)
+        grad_hidden, grad_weight = verifier_backward(
+            ops, [cfg.yes_id, cfg.no_id], lse, probs, grad_probs, cfg,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        grad_hidden = None if grad_hidden is None else grad_hidden.to(hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None
+
+
+def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int,
+                    temperature: float = 1.0, *, chunk_cols: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [B, H], weight [V, H] -> (p_yes [B], p_no [B]), fp32 (fp64 for fp64 inputs).
+
+    chunk_cols overrides the vocabulary columns per logit chunk (tests use it).
+    """
+    cfg = VerifierConfig(int(yes_id), int(no_id), float(temperature), chunk_cols)
+    return VerifierScoresFunction.apply(hidden, weight, cfg)
