@@ -98,6 +98,14 @@ def policy_loss_forward(ops: LmHeadOperands, targets: torch.Tensor, old_logprobs
     return row_loss.sum(), logprobs, grad_hidden, grad_weight
 
 
+def run_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                    cfg: "PolicyLossConfig", needs_hidden: bool, needs_weight: bool):
+    ops = LmHeadOperands.of(hidden, weight)
+    data = [t.detach().to(ops.compute_dtype).contiguous() for t in (old_logprobs, advantages, weights)]
+    return policy_loss_forward(ops, targets.contiguous().long(), *data, cfg, needs_hidden, needs_weight)
+
+
 # ----------------------------------------------------------------------------- autograd
 @dataclass(slots=True, frozen=True)
 class PolicyLossConfig:
@@ -107,8 +115,8 @@ class PolicyLossConfig:
     chunk_rows: int | None = None  # rows per logit chunk; None: CHUNK_ELEMS // V
 
     def __post_init__(self):
-        if not 0 <= self.clip_low < 1:
-            raise ValueError(f"PolicyLossConfig.clip_low must be in [0, 1), got {self.clip_low!r}")
+        if not self.clip_low >= 0:
+            raise ValueError(f"PolicyLossConfig.clip_low must be >= 0, got {self.clip_low!r}")
         if not self.clip_high >= 0:
             raise ValueError(f"PolicyLossConfig.clip_high must be >= 0, got {self.clip_high!r}")
         if not self.temperature > 0:
@@ -122,11 +130,9 @@ class PolicyLossFunction(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 cfg: PolicyLossConfig):
-        ops = LmHeadOperands.of(hidden, weight)
-        cd = ops.compute_dtype
-        data = [t.detach().to(cd).contiguous() for t in (old_logprobs, advantages, weights)]
-        loss, logprobs, grad_hidden, grad_weight = policy_loss_forward(
-            ops, targets.contiguous().long(), *data, cfg, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        loss, logprobs, grad_hidden, grad_weight = run_policy_loss(
+            hidden, weight, targets, old_logprobs, advantages, weights, cfg,
+            ctx.needs_input_grad[0], ctx.needs_input_grad[1])
         ctx.save_for_backward(
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
             None if grad_weight is None else grad_weight.to(weight.dtype))
@@ -154,4 +160,11 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     chunk_rows overrides the rows per logit chunk (tests use it to cross chunk edges).
     """
     cfg = PolicyLossConfig(float(clip_low), float(clip_high), float(temperature), chunk_rows)
-    return PolicyLossFunction.apply(hidden, weight, targets, old_logprobs, advantages, weights, cfg)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return PolicyLossFunction.apply(hidden, weight, targets, old_logprobs, advantages, weights, cfg)
+    # No graph to build (e.g. under no_grad): the loss-only kernel, no gradient pass or GEMMs.
+    # (Inside autograd.Function.forward, needs_input_grad ignores no_grad, so branch here.)
+    with torch.no_grad():
+        loss, logprobs, _, _ = run_policy_loss(hidden, weight, targets, old_logprobs, advantages, weights, cfg,
+                                               False, False)
+    return loss, logprobs
