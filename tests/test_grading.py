@@ -1,5 +1,6 @@
 """Answer extraction and grading: the fast path, math-verify in the worker pool, time-outs."""
 import json
+import os
 import threading
 import time
 
@@ -111,7 +112,7 @@ def test_fast_path_decides_integers_without_workers():
     with Grader(timeout=TIMEOUT_S) as fresh:
         results = fresh.grade_batch(["\\boxed{56}", "\\boxed{57}", "1+2=3"], ["56", "56", "3"])
         assert [r.correct for r in results] == [True, False, True]
-        assert fresh.num_fast == 3 and fresh._workers == []  # no process was started
+        assert fresh.num_fast == 3 and fresh._pool._zygote is None  # no process was started
 
 
 @pytest.mark.parametrize("text, gold", [
@@ -133,8 +134,9 @@ def test_module_level_is_correct():
 
 @pytest.mark.parametrize("hang", HANGS)
 def test_hanging_answer_times_out_within_limit_and_grader_recovers(grader, hang):
-    grader.start(wait=True)  # a replacement for the previous kill must be up: we time the kill only
+    # Runs right after the previous hang's kill: the replacement is a fork of the warm zygote.
     num_timeouts = grader.num_timeouts
+    pids_before = {w.pid for w in grader._pool._workers}
     start = time.monotonic()
     result = grader.grade(hang, "3")
     elapsed = time.monotonic() - start
@@ -142,22 +144,48 @@ def test_hanging_answer_times_out_within_limit_and_grader_recovers(grader, hang)
     assert elapsed < TIMEOUT_S + MARGIN_S, elapsed
     assert grader.num_timeouts == num_timeouts + 1
     assert grader.grade("\\boxed{\\frac{2}{4}}", "0.5") == GradeResult(True, "\\frac{2}{4}", "ok")
+    killed = pids_before - {w.pid for w in grader._pool._workers}
+    assert len(killed) == 1 and _is_gone(killed.pop())
 
 
-def test_one_slow_answer_does_not_serialize_the_batch():
-    # 1 hang + 8 answers that need math-verify: the fast ones run on the other worker while
-    # the hang waits out its time-out, so the batch takes about one time-out, not several.
+def _is_gone(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether the process has exited (and been reaped) within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_close_stops_every_process():
+    grader = Grader(timeout=TIMEOUT_S, num_workers=2)
+    grader.start(wait=True)
+    zygote, pids = grader._pool._zygote.process, [w.pid for w in grader._pool._workers]
+    assert len(pids) == 2
+    grader.close()
+    assert zygote.poll() is not None and all(_is_gone(pid) for pid in pids)
+    assert grader.grade("\\boxed{\\frac{1}{2}}", "0.5").correct  # a later grade starts afresh
+    grader.close()
+
+
+def test_slow_answers_do_not_serialize_the_batch():
+    # 2 hangs + 8 answers that need math-verify on 3 workers: the hangs time out side by side
+    # while the third worker grades the rest, so the batch takes about one time-out (2 s);
+    # one worker at a time would take two time-outs (4 s).
     fast = [(f"\\boxed{{\\frac{{{k}}}{{{2 * k}}}}}", "0.5") for k in range(1, 9)]
-    texts = [HANGS[1]] + [text for text, _ in fast]
-    golds = ["3"] + [gold for _, gold in fast]
-    with Grader(timeout=TIMEOUT_S, num_workers=2) as fresh:
+    texts = HANGS[1:] + [text for text, _ in fast]
+    golds = ["3", "3"] + [gold for _, gold in fast]
+    with Grader(timeout=TIMEOUT_S, num_workers=3) as fresh:
         fresh.start(wait=True)
         start = time.monotonic()
         results = fresh.grade_batch(texts, golds)
         elapsed = time.monotonic() - start
-    assert results[0].status == "timeout" and not results[0].correct
-    assert all(r.correct and r.status == "ok" for r in results[1:])
-    assert elapsed < 2 * TIMEOUT_S + MARGIN_S, elapsed
+    assert [r.status for r in results[:2]] == ["timeout", "timeout"] and not any(r.correct for r in results[:2])
+    assert all(r.correct and r.status == "ok" for r in results[2:])
+    assert elapsed < 1.75 * TIMEOUT_S, elapsed
 
 
 def test_grading_from_a_thread(grader):
