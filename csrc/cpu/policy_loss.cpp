@@ -1,0 +1,138 @@
+// Fused clipped policy-gradient loss on the CPU, gradients precomputed in the forward.
+//
+//   lp_i = log_softmax(hidden @ weight^T / T)[i, target_i],  r_i = exp(lp_i - old_i)
+//   loss = sum_i w_i * -min(r_i A_i, clip(r_i, 1 - clip_low, 1 + clip_high) A_i)
+//
+// The loss is a scalar, so d loss / d logits is known in the forward (Liger-style): per
+// chunk of rows, GEMM 1 gives the logits into a reused [chunk, V] buffer; one fused row
+// loop computes the lse, the log-prob, the clipped-loss epilogue (ratio, clip, weight,
+// d loss / d lp) and overwrites the logits with d loss / d logits; then GEMM 2 writes
+// grad_hidden's chunk = G @ W and GEMM 3 accumulates grad_weight += G^T @ H_chunk.
+// Three GEMMs in all, like the plain way, and never an [N, V] tensor. The backward
+// (policy_loss_bwd) only scales the saved gradients by the upstream scalar and casts to
+// the input dtypes. Rows with zero gradient (weight 0, or clipped) are zero-filled.
+// Float32 accumulation (grad_weight included) for bf16/fp16 inputs.
+#include <torch/library.h>
+
+#include "fused_lm_head.h"
+
+namespace rlvfast {
+using namespace fused;
+
+namespace {
+
+struct ClipBand {
+  double low, high;  // ratio band [1 - clip_low, 1 + clip_high]
+};
+
+// Per-token -min(r A, clip(r) A) and its derivative with respect to the log-prob, with
+// PyTorch's autograd conventions at ties (clamp passes the gradient on the band edges).
+inline std::pair<double, double> clipped_loss_and_grad(double lp, double old_lp, double adv,
+                                                       ClipBand band) {
+  const double ratio = std::exp(lp - old_lp);
+  const double clipped = std::min(std::max(ratio, band.low), band.high);
+  const double unclipped_term = ratio * adv, clipped_term = clipped * adv;
+  const double loss = -std::min(unclipped_term, clipped_term);
+  const bool in_band = ratio >= band.low && ratio <= band.high;
+  const double grad = (unclipped_term < clipped_term || in_band) ? -unclipped_term : 0.0;
+  return {loss, grad};
+}
+
+}  // namespace
+
+// Returns (loss [], logprobs [N], grad_hidden [N, H] or [0], grad_weight [V, H] or [0]),
+// all in the compute dtype (float32, float64 for float64 inputs); the gradients are
+// d loss / d input for an upstream gradient of 1.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
+    const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+    const at::Tensor& old_logprobs, const at::Tensor& advantages, const at::Tensor& weights,
+    double clip_low, double clip_high, double temperature, int64_t chunk_rows,
+    bool need_grad_hidden, bool need_grad_weight) {
+  check_lm_head(hidden, weight);
+  const int64_t num_rows = hidden.size(0);
+  for (const auto* v : {&targets, &old_logprobs, &advantages, &weights}) {
+    TORCH_CHECK(v->dim() == 1 && v->size(0) == num_rows, "per-token inputs must be [N=", num_rows,
+                "], got ", v->sizes());
+  }
+  TORCH_CHECK(temperature > 0.0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(clip_low >= 0.0 && clip_high >= 0.0, "clip_low and clip_high must be >= 0");
+  const auto ct = compute_dtype(hidden, weight);
+  const auto h = hidden.to(ct).contiguous();  // (N, H)
+  const auto w = weight.to(ct).contiguous();  // (V, H)
+  const auto t = targets.to(at::kLong).contiguous();
+  const auto old_d = old_logprobs.to(at::kDouble).contiguous();
+  const auto adv_d = advantages.to(at::kDouble).contiguous();
+  const auto wt_d = weights.to(at::kDouble).contiguous();
+  const int64_t vocab = w.size(0), dim = h.size(1);
+  const bool need_grad = need_grad_hidden || need_grad_weight;
+  auto logprobs = at::empty({num_rows}, h.options());
+  auto token_loss = at::zeros({num_rows}, old_d.options());  // (N,) w_i * l_i, summed at the end
+  auto grad_h = need_grad_hidden ? at::empty({num_rows, dim}, h.options()) : at::empty({0}, h.options());
+  auto grad_w = need_grad_weight ? at::zeros({vocab, dim}, h.options()) : at::empty({0}, h.options());
+  const int64_t chunk = resolve_chunk_rows(chunk_rows, num_rows, vocab, h.element_size());
+  auto buf = at::empty({chunk * vocab}, h.options());
+  const double inv_t = 1.0 / temperature;
+  const ClipBand band{1.0 - clip_low, 1.0 + clip_high};
+  const int64_t* tp = t.data_ptr<int64_t>();
+  const double* oldp = old_d.data_ptr<double>();
+  const double* advp = adv_d.data_ptr<double>();
+  const double* wtp = wt_d.data_ptr<double>();
+  double* lossp = token_loss.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(ct, "policy_loss_fwd_cpu", [&] {
+    scalar_t* lp_out = logprobs.data_ptr<scalar_t>();
+    for (int64_t start = 0; start < num_rows; start += chunk) {
+      const int64_t rows = std::min(chunk, num_rows - start);
+      auto logits = chunk_logits(buf, h, w, start, rows);  // (rows, V), becomes G
+      scalar_t* lg = logits.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t i = start + r;
+          scalar_t* z = lg + r * vocab;
+          const double lse = row_lse(z, vocab, inv_t);
+          const double lp = static_cast<double>(z[tp[i]]) * inv_t - lse;
+          lp_out[i] = static_cast<scalar_t>(lp);
+          const auto [loss, grad] = clipped_loss_and_grad(lp, oldp[i], advp[i], band);
+          lossp[i] = wtp[i] * loss;
+          if (need_grad) row_logit_grad(z, vocab, tp[i], inv_t, lse, wtp[i] * grad, 0.0);
+        }
+      });
+      if (need_grad_hidden) { auto out = grad_h.narrow(0, start, rows); at::mm_out(out, logits, w); }  // (rows, H)
+      if (need_grad_weight) grad_w.addmm_(logits.t(), h.narrow(0, start, rows));  // (V, H)
+    }
+  });
+  auto loss = token_loss.sum().to(ct);  // () summed in double, in token order
+  return {loss, logprobs, grad_h, grad_w};
+}
+
+// Backward: the saved d loss / d input times the upstream scalar, in the input dtypes.
+std::tuple<at::Tensor, at::Tensor> policy_loss_bwd_cpu(const at::Tensor& grad_loss,
+                                                       const at::Tensor& grad_hidden,
+                                                       const at::Tensor& grad_weight,
+                                                       at::ScalarType hidden_dtype,
+                                                       at::ScalarType weight_dtype) {
+  TORCH_CHECK(grad_loss.numel() == 1, "grad_loss must be a scalar, got ", grad_loss.sizes());
+  // An upstream gradient of exactly 1 (loss.backward()) returns the saved gradient
+  // itself: no second [V, H] buffer for the weight gradient.
+  const double scale = grad_loss.item<double>();
+  auto scaled = [&](const at::Tensor& g, at::ScalarType dtype) {
+    if (!g.numel()) return g;
+    return scale == 1.0 ? g.to(dtype) : g.mul(scale).to(dtype);
+  };
+  return {scaled(grad_hidden, hidden_dtype), scaled(grad_weight, weight_dtype)};
+}
+
+}  // namespace rlvfast
+
+TORCH_LIBRARY_FRAGMENT(rlvfast, m) {
+  m.def("policy_loss_fwd(Tensor hidden, Tensor weight, Tensor targets, Tensor old_logprobs, "
+        "Tensor advantages, Tensor weights, float clip_low, float clip_high, float temperature, "
+        "int chunk_rows, bool need_grad_hidden, bool need_grad_weight) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("policy_loss_bwd(Tensor grad_loss, Tensor grad_hidden, Tensor grad_weight, "
+        "ScalarType hidden_dtype, ScalarType weight_dtype) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rlvfast, CPU, m) {
+  m.impl("policy_loss_fwd", &rlvfast::policy_loss_fwd_cpu);
+  m.impl("policy_loss_bwd", &rlvfast::policy_loss_bwd_cpu);
+}
