@@ -42,16 +42,19 @@ _LATEX_NOISE = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:
 def last_boxed(text: str) -> str | None:
     """Content of the last complete outermost `\\boxed{...}`/`\\fbox{...}`, or None."""
     stack: list[int | None] = []  # per open brace: content start if it opened a box, else None
+    num_open_boxes = 0
     last: str | None = None
     for match in _BRACE_TOKEN_RE.finditer(text):
         token = match.group()
         if token[-1] == "{" and token != "\\{":
-            is_outer_box = token[0] == "\\" and all(start is None for start in stack)
+            is_outer_box = token[0] == "\\" and num_open_boxes == 0
             stack.append(match.end() if is_outer_box else None)
+            num_open_boxes += is_outer_box
         elif token == "}" and stack:
             start = stack.pop()
             if start is not None:
                 last = text[start:match.start()]
+                num_open_boxes -= 1
     if last is None:
         bare = _BOXED_BARE_RE.findall(text)
         last = bare[-1] if bare else None
