@@ -234,3 +234,15 @@ def test_bad_arguments():
         Grader(num_workers=0)
     with pytest.raises(ValueError, match="2 texts and 1 golds"):
         Grader().grade_batch(["a", "b"], ["1"])
+
+
+def test_broken_worker_start_grades_error_instead_of_hanging(monkeypatch):
+    import rlvfast.grade_pool as grade_pool
+
+    monkeypatch.setattr(grade_pool.sys, "executable", "/bin/false")  # the zygote exits at once
+    with Grader(timeout=TIMEOUT_S) as broken:
+        results = broken.grade_batch(["\\boxed{\\frac{1}{2}}", "\\boxed{7}"], ["0.5", "7"])
+        assert [(r.correct, r.status) for r in results] == [(False, "error"), (True, "ok")]
+        assert broken.num_errors == 1
+        with pytest.raises(RuntimeError, match="zygote failed to start"):
+            broken.start(wait=True)
