@@ -14,8 +14,8 @@ pytest.importorskip("triton")
 
 from rlvfast.kernels.group_advantages import group_advantages  # noqa: E402
 from rlvfast.kernels.policy_loss import policy_loss  # noqa: E402
-from rlvfast.kernels.token_logprobs import token_logprobs  # noqa: E402
-from rlvfast.kernels.verifier_scores import verifier_scores  # noqa: E402
+from rlvfast.kernels.token_logprobs import CHUNK_ELEMS, chunk_rows_for, token_logprobs  # noqa: E402
+from rlvfast.kernels.verifier_scores import MAX_CHUNK_COLS, chunk_cols_for, verifier_scores  # noqa: E402
 from rlvfast.ops import reference  # noqa: E402
 
 F64 = torch.float64
@@ -69,6 +69,17 @@ def test_token_logprobs_matches_reference(num_rows, hidden_size, vocab, temperat
     for grad, ref_grad, x in zip(grads, ref_grads, (hidden, weight)):
         assert grad.dtype == x.dtype and grad.shape == x.shape
         assert_close(grad, ref_grad, tolerances(dtype, temperature))
+
+
+@pytest.mark.parametrize("num_rows, vocab", [(16384, 151936), (1, 151936), (7, 37), (200_000, 50)])
+def test_default_chunks_never_hold_all_logits(num_rows, vocab):
+    # the memory promise: one [rows, V] chunk of at most CHUNK_ELEMS (or a single row)
+    rows = chunk_rows_for(num_rows, vocab, None)
+    assert 1 <= rows <= num_rows and (rows * vocab <= CHUNK_ELEMS or rows == 1)
+    if num_rows * vocab > CHUNK_ELEMS:
+        assert rows < num_rows
+    cols = chunk_cols_for(num_rows, vocab, None)  # verifier: chunks over the vocabulary
+    assert 1 <= cols <= min(vocab, MAX_CHUNK_COLS)
 
 
 def test_token_logprobs_grad_of_logprobs_only():
