@@ -1,0 +1,123 @@
+"""`KVCache`: preallocated per-layer keys/values for a batch of rows that write in lockstep.
+
+Layout per layer: keys and values [rows, kv_heads, capacity, head_dim]. Every forward writes
+the same columns [length, length + T) for all live rows (a left-aligned batch), so a decode
+step attends over a view [:rows, :, :length + 1] with no copy (Hugging Face's DynamicCache
+concatenates, i.e. copies the whole cache, every step). Rows are ragged through a key-validity
+mask (left padding, or a gap) and explicit per-row positions, never through token values (a
+pad id may equal EOS). It speaks the one method of the Hugging Face cache protocol that
+attention layers call, `update(key, value, layer_idx)`, so any HF decoder can write into it.
+
+Rows leave by swap-remove (the last live rows fill the holes: a few rows copied, not the
+whole cache) and the storage shrinks once half of it is dead, so memory follows the live
+batch. Not here: what to run (runner.py) or when (sampler.py).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    is_compileable = False  # read by some HF code paths; we never compile this cache
+
+    def __init__(self, num_rows: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+        if num_rows < 1 or capacity < 1:
+            raise ValueError(f"KVCache needs num_rows >= 1 and capacity >= 1, got {num_rows}, {capacity}")
+        self.num_rows = num_rows          # live rows: [0, num_rows) of the storage
+        self.capacity = capacity          # columns allocated
+        self.length = 0                   # columns written
+        self.dtype = dtype
+        self.min_value = torch.finfo(dtype).min
+        self.keys: list[torch.Tensor] = []    # per layer (R, kv_heads, capacity, head_dim), allocated on first write
+        self.values: list[torch.Tensor] = []
+        self.is_valid = torch.zeros(num_rows, capacity, dtype=torch.bool, device=device)  # (R, capacity) key mask
+        self.next_position = torch.zeros(num_rows, dtype=torch.long, device=device)  # (R,) valid tokens so far
+        self._write_start = 0
+
+    # ------------------------------------------------------------------ the HF cache protocol
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        rows, _, num_new, _ = key_states.shape  # (B, kv_heads, T, head_dim)
+        if layer_idx == len(self.keys):
+            shape = (self.is_valid.shape[0], key_states.shape[1], self.capacity, key_states.shape[3])
+            self.keys.append(key_states.new_zeros(shape))
+            self.values.append(value_states.new_zeros(shape[:3] + (value_states.shape[3],)))
+        start, end = self._write_start, self._write_start + num_new
+        self.keys[layer_idx][:rows, :, start:end] = key_states
+        self.values[layer_idx][:rows, :, start:end] = value_states
+        return self.keys[layer_idx][:rows, :, :end], self.values[layer_idx][:rows, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    # ------------------------------------------------------------------ bookkeeping of one forward
+    def append_slots(self, is_valid_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reserves T columns for a forward over `is_valid_new` (B, T) and returns its
+        position_ids (B, T) and additive attention mask (B, 1, T, length + T)."""
+        rows, num_new = is_valid_new.shape
+        start, end = self.length, self.length + num_new
+        if rows != self.num_rows or end > self.capacity:
+            raise RuntimeError(f"KVCache: forward of {rows} rows x {num_new} tokens does not fit "
+                               f"{self.num_rows} rows x {self.capacity - self.length} free columns")
+        positions = self.next_position[:rows, None] + is_valid_new.cumsum(1) - 1  # (B, T)
+        positions.clamp_(min=0)  # pad slots: any position, they are masked out
+        self.next_position[:rows] += is_valid_new.sum(1)
+        self.is_valid[:rows, start:end] = is_valid_new
+        self._write_start, self.length = start, end
+        if num_new == 1:  # decode: no causal part
+            mask = torch.zeros(rows, 1, 1, end, dtype=self.dtype, device=positions.device)
+            mask.masked_fill_(~self.is_valid[:rows, None, None, :end], self.min_value)
+            return positions, mask
+        cols = torch.arange(end, device=positions.device)
+        query_cols = cols[start:, None]  # (T, 1)
+        allowed = (cols[None, :] <= query_cols) & self.is_valid[:rows, None, None, :end]  # (B, 1, T, end)
+        allowed |= cols[None, :] == query_cols  # a pad slot sees itself: no fully masked row
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=positions.device)
+        return positions, mask.masked_fill_(~allowed, self.min_value)
+
+    # ------------------------------------------------------------------ moving rows
+    def copy_rows(self, index: torch.Tensor, capacity: int | None = None) -> KVCache:
+        """A new cache holding rows `index` (repeats allowed: prefix sharing) with the written
+        columns copied into `capacity` columns (default: the same)."""
+        capacity = capacity or self.capacity
+        if capacity < self.length:
+            raise ValueError(f"KVCache.copy_rows: capacity {capacity} < {self.length} written columns")
+        out = KVCache(len(index), capacity, self.is_valid.device, self.dtype)
+        out.length = self.length
+        out.is_valid[:, :self.length] = self.is_valid[index, :self.length]
+        out.next_position.copy_(self.next_position[index])
+        for store, new_store in ((self.keys, out.keys), (self.values, out.values)):
+            for layer in store:
+                fresh = layer.new_zeros((len(index), layer.shape[1], capacity, layer.shape[3]))
+                fresh[:, :, :self.length] = layer[index, :, :self.length]
+                new_store.append(fresh)
+        return out
+
+    def remove_rows(self, rows: list[int]) -> list[int]:
+        """Drops `rows` (live row numbers); the last live rows move into the holes. Returns the
+        old row number of each remaining row, in its new order."""
+        order = list(range(self.num_rows))
+        dead = set(rows)
+        new_count = self.num_rows - len(dead)
+        holes = [r for r in sorted(dead) if r < new_count]
+        movers = [r for r in range(new_count, self.num_rows) if r not in dead]
+        if holes:
+            dst = torch.tensor(holes, device=self.is_valid.device)
+            src = torch.tensor(movers, device=self.is_valid.device)
+            for tensor in (self.is_valid, self.next_position, *self.keys, *self.values):
+                tensor.index_copy_(0, dst, tensor.index_select(0, src))
+            for h, m in zip(holes, movers):
+                order[h] = m
+        self.num_rows = new_count
+        if 0 < new_count <= self.is_valid.shape[0] // 2:  # free the dead half
+            self._shrink_storage()
+        return order[:new_count]
+
+    def _shrink_storage(self) -> None:
+        n = self.num_rows
+        self.is_valid = self.is_valid[:n].clone()
+        self.next_position = self.next_position[:n].clone()
+        self.keys = [k[:n].clone() for k in self.keys]
+        self.values = [v[:n].clone() for v in self.values]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -1,0 +1,251 @@
+"""`Sampler`: batched KV-cache generation that scores each sample with P("Yes") as it ends.
+
+One loop for all prompts x n samples: the P prompts are prefilled once (left-padded) and
+each prompt's cache rows are copied n times for decoding (prefix sharing, no n-fold
+prefill). Every step samples one token per live row; a row that ends (an EOS id, a stop
+string, or max_tokens) is verified at once through its own KV cache while the other rows
+keep decoding: [its last token, the verification prompt] is appended to a copy of its rows
+and P("Yes") is read at the last position. The last sampled token is not in the cache yet,
+so the verification starts with it, except an EOS, which is left out of the verified
+solution (see `verification_ids`). Finished rows leave the decode batch and their KV memory
+is released. `score` is the reference: the same token sequence encoded from scratch.
+
+Not here: the forwards (runner.py), the cache layout (kv_cache.py), sampling math
+(sampling.py), prompt texts (prompts.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import torch
+
+from rlvfast.models import eos_ids, yes_no_ids
+from rlvfast.sampler.outputs import Completion, RequestOutput
+from rlvfast.sampler.params import SamplingParams
+from rlvfast.sampler.prompts import build_verify_prompt, encode_prompt
+from rlvfast.sampler.runner import ModelRunner, verifier_scores
+from rlvfast.sampler.sampling import sample_tokens
+from rlvfast.sampler.sequence import Sequence
+
+Prompt = str | list[int]
+
+
+class Sampler:
+    """Generation with in-cache self-verification for any HF causal LM + tokenizer.
+
+    `verify_prompt`: the text after a solution (default `build_verify_prompt(tokenizer)`:
+    the chat template's own verification turn, or the plain-model question).
+    `verify_ids`: its token ids, as fed after a solution.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, verify_prompt: str | None = None) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.yes_id, self.no_id = yes_no_ids(tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
+        self._eos_set = frozenset(self.eos_ids)
+        self.verify_prompt = build_verify_prompt(tokenizer) if verify_prompt is None else verify_prompt
+        self.verify_ids: list[int] = tokenizer.encode(self.verify_prompt, add_special_tokens=False)
+        if not self.verify_ids:
+            raise ValueError(f"verify_prompt {self.verify_prompt!r} encodes to no tokens")
+        self.runner = ModelRunner(model, self.yes_id, self.no_id)
+
+    # ------------------------------------------------------------------ token sequences
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Prompt ids as generate() uses them (a list of ids is taken as is)."""
+        if isinstance(prompt, str):
+            return encode_prompt(self.tokenizer, prompt)
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            return list(prompt)
+        raise ValueError(f"a prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+
+    def solution_ids(self, completion_token_ids: Seq[int]) -> list[int]:
+        """The sampled ids the verifier sees: all of them but a final EOS id."""
+        ids = list(completion_token_ids)
+        return ids[:-1] if ids and ids[-1] in self._eos_set else ids
+
+    def verification_ids(self, prompt_token_ids: Seq[int], completion_token_ids: Seq[int]) -> list[int]:
+        """[prompt ids, solution ids (a final EOS left out), verify ids]: the exact sequence
+        whose last position gives P("Yes") in generate(), score() and the trainer's rows."""
+        return list(prompt_token_ids) + self.solution_ids(completion_token_ids) + self.verify_ids
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, prompts: Seq[Prompt], params: SamplingParams | None = None, score: bool = True,
+                 progress: bool = False) -> list[RequestOutput]:
+        """n samples per prompt, each with P("Yes") when `score` (see the module docstring).
+
+        A sample stops at any EOS id of the model (kept as the last of its token_ids, left
+        out of its text), at a stop string (token_ids end with the token that completed it;
+        the text is cut before it), or after max_tokens ("length"; still scored).
+        """
+        params = params or SamplingParams()
+        prompt_ids = self._encode_all(prompts)
+        self._check_lengths(prompt_ids, params.max_tokens + (len(self.verify_ids) + 1 if score else 0))
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        seqs = self._run(prompt_ids, params, score, generator, progress)
+        return self._outputs(prompts, prompt_ids, seqs, params)
+
+    def _run(self, prompt_ids: list[list[int]], params: SamplingParams, score: bool,
+             generator: torch.Generator | None, progress: bool) -> list[Sequence]:
+        n, runner = params.n, self.runner
+        cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
+        share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
+        # The last token of a max-length sample is never written, hence max_tokens - 1 columns.
+        cache = cache.copy_rows(share, capacity=cache.length + params.max_tokens - 1 or 1)
+        logits = logits[share]  # (P*n, V)
+        seqs = [Sequence(i, i // n, len(prompt_ids[i // n])) for i in range(len(share))]
+        row_seq = list(range(len(seqs)))  # the sequence in each live row
+        bar = _progress_bar(len(seqs)) if progress else None
+        while True:
+            tokens, logprobs = sample_tokens(logits, params, generator)  # (B,), (B,)
+            ended = self._append(seqs, row_seq, tokens.tolist(), logprobs.tolist(), params)
+            if ended:
+                if score:
+                    self._verify(cache, [seqs[row_seq[r]] for r in ended], ended)
+                order = cache.remove_rows(ended)
+                row_seq = [row_seq[r] for r in order]
+                tokens = tokens[torch.tensor(order, dtype=torch.long, device=tokens.device)]
+                if bar is not None:
+                    bar.update(len(ended))
+            if not row_seq:
+                break
+            logits = runner.decode_step(cache, tokens)
+        if bar is not None:
+            bar.close()
+        return seqs
+
+    def _append(self, seqs: list[Sequence], row_seq: list[int], tokens: list[int], logprobs: list[float],
+                params: SamplingParams) -> list[int]:
+        """Appends one token per live row; returns the rows whose sample just ended."""
+        ended = []
+        for row, (token, logprob) in enumerate(zip(tokens, logprobs)):
+            seq = seqs[row_seq[row]]
+            seq.append(token, logprob)
+            if token in self._eos_set:
+                seq.finish("stop", token, ends_with_eos=True)
+            elif params.stop and (hit := self._stop_string_hit(seq.token_ids, params.stop)) is not None:
+                seq.finish("stop", hit)
+            elif seq.num_completion_tokens >= params.max_tokens:
+                seq.finish("length")
+            else:
+                continue
+            ended.append(row)
+        return ended
+
+    def _stop_string_hit(self, token_ids: list[int], stop: list[str]) -> str | None:
+        # A stop string completed by the newest token lies in the last len(stop) + 1 tokens
+        # (every token decodes to >= 1 character but special ones, which cannot be inside it).
+        window = max(len(s) for s in stop) + 1
+        tail = self.tokenizer.decode(token_ids[-window:], skip_special_tokens=True)
+        for s in stop:
+            if s in tail:
+                return s
+        return None
+
+    def _verify(self, cache, ended_seqs: list[Sequence], rows: list[int]) -> None:
+        """P("Yes") for the rows that just ended, through a copy of their own cache rows."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.runner.device)
+        verify_cache = cache.copy_rows(index, capacity=cache.length + 1 + len(self.verify_ids))
+        last = [None if s.ends_with_eos else s.token_ids[-1] for s in ended_seqs]
+        for seq, p_yes in zip(ended_seqs, self.runner.verify(verify_cache, last, self.verify_ids).tolist()):
+            seq.score = p_yes
+
+    # ------------------------------------------------------------------ the reference path
+    @torch.inference_mode()
+    def score(self, prompts: Seq[Prompt], completions: Seq[Seq[Completion | str | list[int]]],
+              batch_size: int = 8) -> list[list[float]]:
+        """P("Yes") of each completion re-encoded from scratch: `verification_ids(prompt,
+        solution)` through a plain forward of the model (right-padded batches of
+        `batch_size`, no KV cache). A Completion contributes its token_ids (token in, token
+        out, so this matches generate(score=True)); a str is tokenized without special
+        tokens; a list of ints is taken as token ids."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} lists of completions")
+        prompt_ids = self._encode_all(prompts)
+        rows = [self.verification_ids(p, self._completion_ids(c)) for p, group in zip(prompt_ids, completions)
+                for c in group]
+        self._check_lengths(rows, 0)
+        flat: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            flat.extend(self._score_rows(rows[start:start + batch_size]).tolist())
+        out, k = [], 0
+        for group in completions:
+            out.append(flat[k:k + len(group)])
+            k += len(group)
+        return out
+
+    def _score_rows(self, rows: list[list[int]]) -> torch.Tensor:
+        device, width = self.runner.device, max(len(r) for r in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # right padding
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            input_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)  # (B,)
+        batch = torch.arange(len(rows), device=device)
+        if not self.runner.is_plain_head:
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[batch, last].float()  # (B, V)
+            return torch.softmax(logits, dim=-1)[:, self.yes_id]
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        return verifier_scores(hidden[batch, last], self.runner.head_weight, self.yes_id, self.no_id)
+
+    def _completion_ids(self, completion: Completion | str | list[int]) -> list[int]:
+        if isinstance(completion, Completion):
+            return completion.token_ids
+        if isinstance(completion, str):
+            return self.tokenizer.encode(completion, add_special_tokens=False)
+        if isinstance(completion, (list, tuple)) and all(isinstance(t, int) for t in completion):
+            return list(completion)
+        raise ValueError(f"a completion must be a Completion, str or list of token ids, got {type(completion).__name__}")
+
+    # ------------------------------------------------------------------ checks and outputs
+    def _encode_all(self, prompts: Seq[Prompt]) -> list[list[int]]:
+        if isinstance(prompts, str) or not isinstance(prompts, Seq):
+            raise ValueError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty: nothing to generate")
+        ids = [self.encode(p) for p in prompts]
+        for i, p in enumerate(ids):
+            if not p:
+                raise ValueError(f"prompt {i} encodes to no tokens")
+        return ids
+
+    def _check_lengths(self, rows: list[list[int]], extra: int) -> None:
+        limit = self.runner.max_positions
+        if limit is None:
+            return
+        for i, r in enumerate(rows):
+            if len(r) + extra > limit:
+                raise ValueError(f"sequence {i} is too long: {len(r)} prompt tokens + {extra} (max_tokens and the "
+                                 f"verification prompt) > the model's context of {limit} positions")
+
+    def _outputs(self, prompts: Seq[Prompt], prompt_ids: list[list[int]], seqs: list[Sequence],
+                 params: SamplingParams) -> list[RequestOutput]:
+        extract = _answer_extractor()
+        outputs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, prompt_ids)]
+        for seq in seqs:
+            text = self.tokenizer.decode(self.solution_ids(seq.token_ids) if seq.ends_with_eos else seq.token_ids,
+                                         skip_special_tokens=True)
+            if isinstance(seq.stop_reason, str):
+                text = text[:text.find(seq.stop_reason)] if seq.stop_reason in text else text
+            outputs[seq.prompt_index].completions.append(Completion(
+                text=text, token_ids=seq.token_ids, logprobs=torch.tensor(seq.logprobs, dtype=torch.float32),
+                finish_reason=seq.finish_reason, answer=extract(text) if extract else None, score=seq.score,
+                stop_reason=seq.stop_reason))
+        return outputs
+
+
+def _answer_extractor():
+    try:
+        from rlvfast.grading import extract_answer
+    except ImportError:  # grading.py is optional for the sampler
+        return None
+    return extract_answer
+
+
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="samples", unit="sample")

@@ -1,0 +1,266 @@
+"""Sampler: in-cache scores == re-encoded scores, greedy == HF generate, log-probs == a fresh
+forward, seeds, stops, errors. Tiny random model for most paths; SmolLM2 (chat template,
+pad == eos, GQA) for the real-model paths with small n and max_tokens."""
+import copy
+
+import pytest
+import torch
+
+import rlvfast.sampler.sampler as sampler_module
+from rlvfast import Completion, RequestOutput, Sampler, SamplingParams
+from rlvfast.sampler import build_verify_prompt, format_prompt
+from rlvfast.sampler.prompts import PLAIN_VERIFY_PROMPT
+
+TINY_PROMPTS = ["Compute 1+2.\n", "Compute 33+4-5.\n", "Compute 7-1+8-2+9.\n"]  # different lengths
+
+
+def force_eos(monkeypatch, eos_id: int, rate: float, first_row_eos: bool = True, seed: int = 0):
+    """Wraps sample_tokens so that rows end on EOS at random steps (and row 0 at the first step)."""
+    real = sampler_module.sample_tokens
+    rng = torch.Generator().manual_seed(seed)
+    step = {"k": 0}
+
+    def forced(logits, params, generator):
+        tokens, logprobs = real(logits, params, generator)
+        hit = torch.rand(tokens.shape[0], generator=rng) < rate
+        if first_row_eos and step["k"] == 0:
+            hit[0] = True
+        step["k"] += 1
+        return torch.where(hit, torch.full_like(tokens, eos_id), tokens), logprobs
+
+    monkeypatch.setattr(sampler_module, "sample_tokens", forced)
+
+
+def all_completions(outputs):
+    return [c for out in outputs for c in out.completions]
+
+
+# ---------------------------------------------------------------------------- params
+@pytest.mark.parametrize("field,value", [
+    ("n", 0), ("n", 1.5), ("max_tokens", 0), ("temperature", -0.1), ("temperature", float("nan")),
+    ("temperature", float("inf")), ("top_p", 0.0), ("top_p", 1.01), ("top_k", -1), ("seed", 1.5),
+    ("stop", "abc"), ("stop", [""]), ("stop", ["ok", 3]),
+])
+def test_bad_sampling_params_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
+
+
+def test_sampling_params_defaults_follow_vllm():
+    p = SamplingParams()
+    assert (p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop) == (1, 256, 1.0, 1.0, 0, None, None)
+    assert SamplingParams(temperature=0).is_greedy and SamplingParams(stop=("a",)).stop == ["a"]
+
+
+# ---------------------------------------------------------------------------- tiny model
+@pytest.fixture(scope="module")
+def tiny_sampler(tiny_model):
+    return Sampler(*tiny_model)
+
+
+def test_plain_model_prompts(tiny_sampler):
+    tok = tiny_sampler.tokenizer
+    assert tiny_sampler.verify_prompt == PLAIN_VERIFY_PROMPT
+    assert format_prompt(tok, "Compute 1+2.") == "Compute 1+2.\n"
+    assert tiny_sampler.verify_ids == tok.encode(PLAIN_VERIFY_PROMPT, add_special_tokens=False)
+    eos = tok.eos_token_id
+    # A final EOS is not part of the verified solution; an EOS elsewhere is not special.
+    assert tiny_sampler.verification_ids([5, 6], [7, eos]) == [5, 6, 7] + tiny_sampler.verify_ids
+    assert tiny_sampler.verification_ids([5, 6], [7, 8]) == [5, 6, 7, 8] + tiny_sampler.verify_ids
+
+
+@pytest.mark.parametrize("n", [1, 16])
+def test_in_cache_scores_equal_reencoded_scores_tiny(tiny_sampler, monkeypatch, n):
+    # Ragged prompts, EOS at random steps (row 0: at the first token), the rest cut at max_tokens.
+    force_eos(monkeypatch, tiny_sampler.tokenizer.eos_token_id, rate=0.1)
+    outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=n, max_tokens=24, seed=1), score=True)
+    completions = all_completions(outputs)
+    reasons = {c.finish_reason for c in completions}
+    assert len(completions) == 3 * n and completions[0].token_ids == [tiny_sampler.tokenizer.eos_token_id]
+    assert reasons == ({"stop", "length"} if n > 1 else reasons)
+    assert len({len(c.token_ids) for c in completions}) > (5 if n > 1 else 1)  # finished at different steps
+    reference = tiny_sampler.score(TINY_PROMPTS, [out.completions for out in outputs])
+    got = torch.tensor([[c.score for c in out.completions] for out in outputs])
+    torch.testing.assert_close(got, torch.tensor(reference), atol=1e-4, rtol=0)
+    assert all(0.0 < c.score < 1.0 for c in completions)
+
+
+def test_stop_strings_cut_text_and_are_scored(tiny_sampler):
+    stop = ["a", "b", "c", "d", "e", "f"]
+    outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=6, max_tokens=40, seed=3, stop=stop))
+    stopped = [c for c in all_completions(outputs) if c.stop_reason in stop]
+    assert len(stopped) >= 3
+    for c in all_completions(outputs):
+        assert not any(s in c.text for s in stop), c.text
+        full = tiny_sampler.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+        if c in stopped:
+            assert c.finish_reason == "stop" and full.startswith(c.text) and full[len(c.text):].startswith(c.stop_reason)
+    reference = tiny_sampler.score(TINY_PROMPTS, [out.completions for out in outputs])
+    got = [[c.score for c in out.completions] for out in outputs]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(reference), atol=1e-4, rtol=0)
+
+
+def test_greedy_equals_hf_generate_per_prompt(tiny_sampler):
+    model, tok = tiny_sampler.model, tiny_sampler.tokenizer
+    outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=2, max_tokens=30, temperature=0), score=False)
+    for prompt, out in zip(TINY_PROMPTS, outputs):
+        ids = torch.tensor([tok.encode(prompt)])
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=30,
+                            pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        for c in out.completions:
+            assert c.token_ids == hf[:len(c.token_ids)] and c.score is None
+            assert len(c.token_ids) == 30 or c.token_ids[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 5), (0.0, 0)])
+def test_logprobs_equal_a_fresh_forward(tiny_sampler, temperature, top_k):
+    model = tiny_sampler.model
+    params = SamplingParams(n=3, max_tokens=16, temperature=temperature, top_k=top_k, seed=4)
+    outputs = tiny_sampler.generate(TINY_PROMPTS[:2], params, score=False)
+    for out in outputs:
+        for c in out.completions:
+            ids = torch.tensor([out.prompt_token_ids + c.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(out.prompt_token_ids) - 1:-1].float()  # (T, V)
+            if temperature > 0:
+                logits = logits / temperature
+            if top_k:
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            assert c.logprobs.dtype == torch.float32 and c.logprobs.shape == (len(c.token_ids),)
+            torch.testing.assert_close(c.logprobs, expected, atol=1e-4, rtol=0)
+
+
+def test_top_p_keeps_only_the_nucleus(tiny_sampler):
+    outputs = tiny_sampler.generate(TINY_PROMPTS[:1], SamplingParams(n=8, max_tokens=8, top_p=0.05, seed=0),
+                                    score=False)
+    # The random tiny model is nearly flat: a 5% nucleus holds a few tokens, each with p >= 1/#kept.
+    for c in outputs[0].completions:
+        assert (c.logprobs > -3.0).all()
+
+
+def test_same_seed_same_samples(tiny_sampler):
+    params = SamplingParams(n=4, max_tokens=12, seed=7)
+    a = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=False))
+    b = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=False))
+    c = all_completions(tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=4, max_tokens=12, seed=8), score=False))
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+    assert len({tuple(x.token_ids) for x in a}) > 1  # the n samples of a prompt differ
+
+
+def test_each_prompt_prefilled_once_and_finished_rows_leave(tiny_sampler, monkeypatch):
+    runner = tiny_sampler.runner
+    prefill_rows, decode_rows = [], []
+    real_prefill, real_decode = runner.prefill, runner.decode_step
+    monkeypatch.setattr(runner, "prefill", lambda p, capacity: prefill_rows.append(len(p)) or real_prefill(p, capacity))
+    monkeypatch.setattr(runner, "decode_step", lambda cache, t: decode_rows.append(len(t)) or real_decode(cache, t))
+    force_eos(monkeypatch, tiny_sampler.tokenizer.eos_token_id, rate=0.2)
+    outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=8, max_tokens=10, seed=0))
+    lengths = sorted(len(c.token_ids) for c in all_completions(outputs))
+    assert prefill_rows == [3]
+    # decode step k runs exactly the samples with more than k tokens to go
+    assert decode_rows == [sum(1 for n in lengths if n > k) for k in range(1, max(lengths))]
+    assert decode_rows[0] < 24 or lengths[0] == 10
+
+
+def test_prompt_token_ids_are_accepted(tiny_sampler):
+    ids = tiny_sampler.encode(TINY_PROMPTS[1])
+    params = SamplingParams(n=2, max_tokens=6, seed=2)
+    by_text = tiny_sampler.generate([TINY_PROMPTS[1]], params)[0]
+    by_ids = tiny_sampler.generate([ids], params)[0]
+    assert isinstance(by_ids, RequestOutput) and by_ids.prompt is None and by_ids.prompt_token_ids == ids
+    assert [c.token_ids for c in by_ids.completions] == [c.token_ids for c in by_text.completions]
+    assert [c.score for c in by_ids.completions] == [c.score for c in by_text.completions]
+    assert all(isinstance(c, Completion) for c in by_ids.completions)
+
+
+def test_errors(tiny_sampler):
+    with pytest.raises(ValueError, match="empty"):
+        tiny_sampler.generate([], SamplingParams())
+    with pytest.raises(ValueError, match="too long"):
+        tiny_sampler.generate(["x" * 1100], SamplingParams(max_tokens=4))
+    with pytest.raises(ValueError, match="too long"):  # fits alone, not with max_tokens
+        tiny_sampler.generate(["x" * 1000], SamplingParams(max_tokens=100), score=False)
+    with pytest.raises(ValueError, match="no tokens"):
+        tiny_sampler.generate([""], SamplingParams())
+    with pytest.raises(ValueError, match="list of prompts"):
+        tiny_sampler.generate("Compute 1+2.\n", SamplingParams())
+    with pytest.raises(ValueError, match="2 prompts but 1"):
+        tiny_sampler.score(TINY_PROMPTS[:2], [["1"]])
+
+
+def test_every_eos_id_stops_and_pad_equal_to_eos_is_kept(tiny_model):
+    model, tok = tiny_model
+    tok = copy.deepcopy(tok)
+    tok.pad_token = tok.eos_token  # pad == eos must not hide the real EOS
+    bang = tok.convert_tokens_to_ids("!")
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tok.eos_token_id, bang]
+    try:
+        sampler = Sampler(model, tok)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert set(sampler.eos_ids) == {tok.eos_token_id, bang}
+    outputs = sampler.generate(TINY_PROMPTS, SamplingParams(n=8, max_tokens=120, seed=0))
+    completions = all_completions(outputs)
+    assert any(c.token_ids[-1] == bang for c in completions)
+    for c in completions:
+        assert bang not in c.token_ids[:-1] and tok.eos_token_id not in c.token_ids[:-1]
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] in (bang, tok.eos_token_id) and c.stop_reason == c.token_ids[-1]
+            assert "!" not in c.text
+    reference = sampler.score(TINY_PROMPTS, [out.completions for out in outputs])
+    torch.testing.assert_close(torch.tensor([[c.score for c in o.completions] for o in outputs]),
+                               torch.tensor(reference), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------- SmolLM2
+@pytest.fixture(scope="module")
+def smol_sampler(smollm2):
+    return Sampler(*smollm2)
+
+
+def test_chat_verify_prompt_comes_from_the_template(smol_sampler):
+    tok = smol_sampler.tokenizer
+    assert smol_sampler.verify_prompt == ("<|im_end|>\n<|im_start|>user\nIs this solution correct (Yes/No)?"
+                                          "<|im_end|>\n<|im_start|>assistant\n")
+    assert build_verify_prompt(tok, "Is the answer correct (Yes/No)?").startswith("<|im_end|>\n<|im_start|>user\nIs the answer")
+    prompt = format_prompt(tok, "What is 2+3?")
+    assert prompt.endswith("<|im_start|>assistant\n") and "What is 2+3?" in prompt and "\\boxed{}" in prompt
+    # the verified sequence renders as the template's own conversation with the extra turn
+    sol = tok.encode("It is 5.", add_special_tokens=False)
+    rendered = tok.decode(smol_sampler.verification_ids(tok.encode(prompt), sol + [tok.eos_token_id]))
+    conversation = [{"role": "user", "content": f"What is 2+3?\n{'Please reason step by step, and put your final answer within '}\\boxed{{}}."},
+                    {"role": "assistant", "content": "It is 5."},
+                    {"role": "user", "content": "Is this solution correct (Yes/No)?"}]
+    assert rendered == tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+def test_in_cache_scores_equal_reencoded_scores_smollm2(smol_sampler, monkeypatch):
+    tok = smol_sampler.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id  # SmolLM2: pad == eos
+    prompts = [format_prompt(tok, "What is 2+3?"), format_prompt(tok, "Name a color. Answer in one word, please.")]
+    force_eos(monkeypatch, tok.eos_token_id, rate=0.15)
+    outputs = smol_sampler.generate(prompts, SamplingParams(n=3, max_tokens=10, seed=0), score=True)
+    completions = all_completions(outputs)
+    assert completions[0].token_ids == [tok.eos_token_id] and completions[0].text == ""
+    assert {c.finish_reason for c in completions} == {"stop", "length"}
+    for c in completions:
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == tok.eos_token_id and "<|im_end|>" not in c.text
+    reference = smol_sampler.score(prompts, [out.completions for out in outputs])
+    got = torch.tensor([[c.score for c in out.completions] for out in outputs])
+    torch.testing.assert_close(got, torch.tensor(reference), atol=1e-4, rtol=0)
+
+
+def test_greedy_equals_hf_generate_smollm2(smol_sampler):
+    model, tok = smol_sampler.model, smol_sampler.tokenizer
+    prompts = [format_prompt(tok, "What is 2+3?"), format_prompt(tok, "Say hello.")]
+    outputs = smol_sampler.generate(prompts, SamplingParams(n=1, max_tokens=12, temperature=0), score=False)
+    for prompt, out in zip(prompts, outputs):
+        ids = torch.tensor([smol_sampler.encode(prompt)])
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
+        hf = hf[0, ids.shape[1]:].tolist()
+        assert out.completions[0].token_ids == hf[:len(out.completions[0].token_ids)]
