@@ -152,6 +152,7 @@ class VerifyPool:
         while wait and not (len(self._workers) == self.num_workers and all(w.is_ready for w in self._workers)):
             for worker, replies in self._poll(_POLL_S):
                 if replies is None:
+                    self._drop(worker)
                     raise RuntimeError("a grading worker exited during start-up (see stderr)")
             if self._is_broken():
                 raise RuntimeError("the grading zygote failed to start (is math-verify installed? see stderr)")
@@ -207,8 +208,8 @@ class VerifyPool:
             self._fork_times.append(time.monotonic())
 
     def _is_broken(self) -> bool:
-        """True (and the zygote is reset, so the next call retries) when the pending workers
-        will never come and none is connected."""
+        """Whether no worker is connected and none will come (a dead or stuck zygote). A dead
+        or stuck zygote is reset either way, so the next `_ensure_workers` starts a new one."""
         zygote_failed = self._zygote is not None and not self._zygote.is_alive()
         too_slow = bool(self._fork_times) and time.monotonic() - self._fork_times[0] > START_TIMEOUT_S
         if not (zygote_failed or too_slow):
