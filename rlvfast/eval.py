@@ -220,6 +220,7 @@ class Evaluator:
         self.judge = Sampler(self.model, self.tokenizer, verify_prompt=self._judge_question()) if args.judge else None
         self.judge_params = SamplingParams(n=1, max_tokens=args.judge_max_tokens, temperature=0.0)
         self.num_model_calls = 0
+        self.show_progress = sys.stderr.isatty()  # per-sample bars only on a terminal
 
     def _judge_question(self):
         from rlvfast.sampler import build_verify_prompt
@@ -241,7 +242,7 @@ class Evaluator:
         params = self.params
         params = SamplingParams(n=params.n, max_tokens=params.max_tokens, temperature=params.temperature,
                                 top_p=params.top_p, seed=self.args.seed * 1_000_003 + first_index)
-        outputs = self.sampler.generate(prompts, params, score=True)
+        outputs = self.sampler.generate(prompts, params, score=True, progress=self.show_progress)
         self.num_model_calls += 1
         completions = [c for out in outputs for c in out.completions]
         golds = [p.answer for p in problems for _ in range(self.args.n)]
@@ -266,7 +267,7 @@ class Evaluator:
         by_id = {p.id: p for p in problems}
         prompts = [format_prompt(self.tokenizer, JUDGE_PROMPT.format(problem=by_id[r["problem_id"]].problem,
                                                                      solution=r["text"])) for r in records]
-        outputs = self.judge.generate(prompts, self.judge_params, score=True)
+        outputs = self.judge.generate(prompts, self.judge_params, score=True, progress=self.show_progress)
         self.num_model_calls += 1
         for record, out in zip(records, outputs):
             record["judge_score"] = float(out.completions[0].score)
@@ -277,10 +278,11 @@ class Evaluator:
         n = self.args.n
         for L in self.args.lengths:
             cut = [j for j, c in enumerate(completions) if len(c.token_ids) > L]
-            texts = {j: self.tokenizer.decode(completions[j].token_ids[:L], skip_special_tokens=True) for j in cut}
+            prefixes = {j: list(completions[j].token_ids[:L]) for j in cut}
+            texts = {j: self.tokenizer.decode(prefixes[j], skip_special_tokens=True) for j in cut}
             scores = {}
-            if cut:
-                rescored = self.sampler.score([prompts[j // n] for j in cut], [[texts[j]] for j in cut])
+            if cut:  # token in, token out: the prefix ids are scored as sampled, not re-tokenized
+                rescored = self.sampler.score([prompts[j // n] for j in cut], [[prefixes[j]] for j in cut])
                 self.num_model_calls += 1
                 scores = {j: float(s[0]) for j, s in zip(cut, rescored)}
             grades = dict(zip(cut, self.grader.grade_batch([texts[j] for j in cut], [golds[j] for j in cut])))

@@ -31,7 +31,7 @@ class ScriptedSampler:
         right = text.endswith(f"\\boxed{{{gold}}}")
         return round(0.3 + 0.7 * rng.random() if right else 0.8 * rng.random(), 6)
 
-    def generate(self, prompts, params, score=True):
+    def generate(self, prompts, params, score=True, progress=False):
         type(self).num_generate_calls += 1
         outputs = []
         for prompt in prompts:
@@ -56,10 +56,8 @@ class ScriptedSampler:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    monkeypatch.setattr(rlvfast.sampler, "Sampler", ScriptedSampler, raising=False)
-    monkeypatch.setattr(rlvfast.sampler, "format_prompt", lambda tokenizer, text: text, raising=False)
-    if not hasattr(rlvfast.sampler, "SamplingParams"):  # TEMP until the sampler lands
-        monkeypatch.setattr(rlvfast.sampler, "SamplingParams", lambda **kw: SimpleNamespace(**kw), raising=False)
+    monkeypatch.setattr(rlvfast.sampler, "Sampler", ScriptedSampler, raising=True)
+    monkeypatch.setattr(rlvfast.sampler, "format_prompt", lambda tokenizer, text: text, raising=True)
     ScriptedSampler.num_generate_calls = 0
     return ScriptedSampler
 
@@ -190,8 +188,6 @@ def test_bad_arguments_name_the_value(tmp_path, capsys, argv, message):
 
 def test_tiny_model_run_writes_every_output(tmp_path, tiny_model_dir):
     """The real Sampler on a random tiny model, judge and sequential budgets included."""
-    if not hasattr(rlvfast.sampler, "Sampler"):  # TEMP until the sampler lands
-        pytest.skip("rlvfast.sampler.Sampler not written yet")
     results, out = _run(tmp_path, tiny_model_dir, "--data", "synthetic:ops=2,digits=1", "--num-problems", "2",
                         "--n", "4", "--lengths", "4,8", "--threshold", "0.3,0.9", "--judge",
                         "--judge-max-tokens", "6", "--trials", "3")
