@@ -3,9 +3,9 @@
 //
 // Only the two lm-head rows give the numerators (one [B, 2] GEMM); the denominator is a
 // streaming (online) log-sum-exp over V in column blocks of a reused [B, block] buffer,
-// so [B, V] is never held for large V. Inference only: no backward (the verifier's
-// training loss is a token log-prob, see token_logprobs). Float32 results for
-// bf16/fp16/fp32 inputs, float64 for float64 inputs.
+// so [B, V] is never held for large V. Also returns the lse [B] for the backward, which
+// reuses token_logprobs_bwd (see rlvfast/ops/cpp.py). Float32 results for bf16/fp16/fp32
+// inputs, float64 for float64 inputs.
 #include <torch/library.h>
 
 #include "fused_lm_head.h"
@@ -13,7 +13,7 @@
 namespace rlvfast {
 using namespace fused;
 
-std::tuple<at::Tensor, at::Tensor> verifier_scores_cpu(const at::Tensor& hidden,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_scores_fwd_cpu(const at::Tensor& hidden,
                                                        const at::Tensor& weight, int64_t yes_id,
                                                        int64_t no_id, double temperature,
                                                        int64_t block_cols) {
@@ -57,16 +57,16 @@ std::tuple<at::Tensor, at::Tensor> verifier_scores_cpu(const at::Tensor& hidden,
   const auto ids = at::tensor({yes_id, no_id}, at::kLong);
   const auto yes_no = at::mm(h, w.index_select(0, ids).t()).to(at::kDouble) * inv_t;  // (B, 2)
   const auto probs = (yes_no - lse.unsqueeze(1)).exp().to(ct);                         // (B, 2)
-  return {probs.select(1, 0).contiguous(), probs.select(1, 1).contiguous()};
+  return {probs.select(1, 0).contiguous(), probs.select(1, 1).contiguous(), lse.to(ct)};
 }
 
 }  // namespace rlvfast
 
 TORCH_LIBRARY_FRAGMENT(rlvfast, m) {
-  m.def("verifier_scores(Tensor hidden, Tensor weight, int yes_id, int no_id, float temperature, "
-        "int block_cols) -> (Tensor, Tensor)");
+  m.def("verifier_scores_fwd(Tensor hidden, Tensor weight, int yes_id, int no_id, "
+        "float temperature, int block_cols) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rlvfast, CPU, m) {
-  m.impl("verifier_scores", &rlvfast::verifier_scores_cpu);
+  m.impl("verifier_scores_fwd", &rlvfast::verifier_scores_fwd_cpu);
 }

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from rlvfast import _ext
-from rlvfast.ops import reference
+from rlvfast.ops import cpp, reference
+from rlvfast.ops.cpp import FusedConfig, TokenBatch
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 ADVANTAGE_METHODS = {"grpo": 0, "rloo": 1, "drgrpo": 2}
@@ -70,3 +71,128 @@ def group_advantages(rewards: torch.Tensor, group_size: int, method: str = "grpo
     if backend == "cuda":
         return torch.ops.rlvfast.group_advantages_cuda(rewards, group_size, ADVANTAGE_METHODS[method], eps)
     return reference.group_advantages(rewards, group_size, method, eps)
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_lm_head(op: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    if hidden.dim() != 2:
+        raise ValueError(f"{op}: hidden must be 2-D [N, H], got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[0] < 1:
+        raise ValueError(f"{op}: weight must be 2-D [V, H] with V >= 1, got shape {tuple(weight.shape)}")
+    if hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"{op}: hidden H={hidden.shape[1]} does not match weight H={weight.shape[1]} "
+                         f"(hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)})")
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if not t.is_floating_point():
+            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    if hidden.device != weight.device:
+        raise ValueError(f"{op}: hidden is on {hidden.device} but weight is on {weight.device}")
+
+
+def _check_temperature(op: str, temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _check_targets(op: str, targets: torch.Tensor, num_rows: int, vocab: int) -> None:
+    if targets.dim() != 1 or targets.shape[0] != num_rows:
+        raise ValueError(f"{op}: targets must be [N={num_rows}], got shape {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{op}: targets must be int64 (or int32), got {targets.dtype}")
+    bad = ((targets < 0) | (targets >= vocab)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"{op}: target id at index {i} is {int(targets[i])}, outside [0, V={vocab})")
+
+
+def _check_per_token(op: str, name: str, values: torch.Tensor, num_rows: int) -> None:
+    if values.dim() != 1 or values.shape[0] != num_rows:
+        raise ValueError(f"{op}: {name} must be [N={num_rows}], got shape {tuple(values.shape)}")
+    if not values.is_floating_point():
+        raise ValueError(f"{op}: {name} must be floating point, got {values.dtype}")
+    bad = (~torch.isfinite(values)).nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(f"{op}: {name} at index {i} is {values[i].item()} (must be finite)")
+
+
+def _check_token_id(op: str, name: str, token_id: int, vocab: int) -> None:
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab:
+        raise ValueError(f"{op}: {name}={token_id!r} must be an int in [0, V={vocab})")
+
+
+# ----------------------------------------------------------------------------- fused lm-head ops
+def _resolve_lm_head_backend(backend: str, device: torch.device, op: str) -> str:
+    backend = resolve_backend(backend, device, op)
+    if backend == "cuda":  # no CUDA C++ kernel for the lm-head ops (yet): Triton serves GPUs
+        raise ValueError(f"{op}: backend 'cuda' has no kernel for this op; use backend='triton' (or 'auto')")
+    return backend
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of targets [N] under softmax(hidden [N, H] @ weight[V, H]^T / T), and the lse [N].
+
+    Float32 outputs (float64 for float64 inputs); differentiable in hidden and weight.
+    """
+    op = "token_logprobs"
+    _check_lm_head(op, hidden, weight)
+    _check_targets(op, targets, hidden.shape[0], weight.shape[0])
+    _check_temperature(op, temperature)
+    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    if backend == "cpp":
+        return cpp.token_logprobs(hidden, weight, targets.long(), FusedConfig(temperature=float(temperature)))
+    if backend == "triton":
+        from rlvfast.kernels.token_logprobs import token_logprobs as triton_token_logprobs
+        return triton_token_logprobs(hidden, weight, targets.long(), float(temperature))
+    return reference.token_logprobs(hidden, weight, targets, temperature)
+
+
+def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                clip_low: float = 0.2, clip_high: float = 0.2, temperature: float = 1.0,
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped policy loss sum_i weights_i * -min(r_i A_i, clip(r_i) A_i) and the detached log-probs.
+
+    old_logprobs, advantages, weights: [N]; r_i = exp(logprob_i - old_logprob_i), clip band
+    [1 - clip_low, 1 + clip_high]. Gradients flow to hidden and weight only.
+    """
+    op = "policy_loss"
+    _check_lm_head(op, hidden, weight)
+    num_rows = hidden.shape[0]
+    _check_targets(op, targets, num_rows, weight.shape[0])
+    for name, values in (("old_logprobs", old_logprobs), ("advantages", advantages), ("weights", weights)):
+        _check_per_token(op, name, values, num_rows)
+    _check_temperature(op, temperature)
+    for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+            raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    if backend == "cpp":
+        batch = TokenBatch(targets.long(), old_logprobs, advantages, weights)
+        cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high))
+        return cpp.policy_loss(hidden, weight, batch, cfg)
+    if backend == "triton":
+        from rlvfast.kernels.policy_loss import policy_loss as triton_policy_loss
+        return triton_policy_loss(hidden, weight, targets.long(), old_logprobs, advantages, weights,
+                                  float(clip_low), float(clip_high), float(temperature))
+    return reference.policy_loss(hidden, weight, targets, old_logprobs, advantages, weights,
+                                 clip_low, clip_high, temperature)
+
+
+def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int,
+                    temperature: float = 1.0, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """P("Yes"), P("No") [B] under the full-vocabulary softmax of hidden [B, H] @ weight^T / T."""
+    op = "verifier_scores"
+    _check_lm_head(op, hidden, weight)
+    vocab = weight.shape[0]
+    _check_token_id(op, "yes_id", yes_id, vocab)
+    _check_token_id(op, "no_id", no_id, vocab)
+    _check_temperature(op, temperature)
+    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    if backend == "cpp":
+        return cpp.verifier_scores(hidden, weight, yes_id, no_id, FusedConfig(temperature=float(temperature)))
+    if backend == "triton":
+        from rlvfast.kernels.verifier_scores import verifier_scores as triton_verifier_scores
+        return triton_verifier_scores(hidden, weight, yes_id, no_id, float(temperature))
+    return reference.verifier_scores(hidden, weight, yes_id, no_id, temperature)
