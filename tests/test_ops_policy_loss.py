@@ -1,0 +1,197 @@
+"""policy_loss on every available backend against the float64 reference.
+
+Old log-probs are built as logprobs - offset so each token's ratio r = exp(offset) lands
+where we want it: inside the clip band, below it, or above it, with advantages of both
+signs, so every branch of the clipped loss and of its gradient is hit. Chunk size 4 rows.
+"""
+import math
+
+import pytest
+import torch
+
+import rlvfast.ops as ops
+from rlvfast.ops import reference
+from rlvfast.ops.cpp import FusedConfig, TokenBatch
+
+CHUNK = 4
+CLIP_LOW, CLIP_HIGH = 0.2, 0.28  # asymmetric (DAPO-style) so low/high mix-ups fail
+
+
+def _triton_ok() -> bool:
+    if "triton" not in ops.available_backends("cpu"):
+        return False
+    try:
+        import rlvfast.kernels.policy_loss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS = [b for b in ("reference", "cpp", "triton")
+            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+KERNELS = [b for b in BACKENDS if b != "reference"]
+
+
+def _run(backend, hidden, weight, targets, old, adv, weights, temperature):
+    if backend == "cpp":
+        from rlvfast.ops import cpp
+        cfg = FusedConfig(temperature=temperature, clip_low=CLIP_LOW, clip_high=CLIP_HIGH, chunk_rows=CHUNK)
+        return cpp.policy_loss(hidden, weight, TokenBatch(targets, old, adv, weights), cfg)
+    if backend == "triton":
+        from rlvfast.kernels.policy_loss import policy_loss
+        return policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, temperature,
+                           chunk_rows=CHUNK)
+    return reference.policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, temperature)
+
+
+# ratio placements (log of r): in band, below 1 - clip_low, above 1 + clip_high, all away
+# from the band edges so float32 rounding cannot move a token across one.
+LOG_RATIOS = [math.log(0.95), math.log(1.1), math.log(0.6), math.log(1.5), 0.0]
+
+
+def _inputs(n, h, v, dtype, temperature, seed=0, weights=None):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64)
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64) * (2.0 / h ** 0.5)
+    targets = torch.randint(0, v, (n,), generator=g)
+    logprobs, _ = reference.token_logprobs(hidden, weight, targets, temperature)  # (N,)
+    log_ratio = torch.tensor([LOG_RATIOS[i % len(LOG_RATIOS)] for i in range(n)], dtype=torch.float64)
+    old = logprobs - log_ratio  # ratio exp(logprobs - old) = exp(log_ratio)
+    adv = torch.randn(n, generator=g, dtype=torch.float64).abs() + 0.1
+    adv = adv * torch.tensor([1.0 if (i // len(LOG_RATIOS)) % 2 == 0 else -1.0 for i in range(n)],
+                             dtype=torch.float64)  # each ratio placement with both signs
+    if weights is None:
+        weights = torch.rand(n, generator=g, dtype=torch.float64)
+        weights[1::3] = 0.0  # masked-out tokens
+    return hidden.to(dtype), weight.to(dtype), targets, old, adv, weights
+
+
+def _forward_backward(backend, hidden, weight, targets, old, adv, weights, temperature):
+    hidden = hidden.clone().requires_grad_(True)
+    weight = weight.clone().requires_grad_(True)
+    loss, logprobs = _run(backend, hidden, weight, targets, old, adv, weights, temperature)
+    assert not logprobs.requires_grad
+    upstream = 0.37  # a non-unit upstream gradient: the backward must scale by it
+    (loss * upstream).backward()
+    return loss, logprobs, hidden.grad, weight.grad
+
+
+SHAPES = [
+    (1, 97, 1031, 1.0),           # N = 1
+    (CHUNK, 97, 1031, 0.7),       # exactly one chunk
+    (CHUNK + 1, 64, 1031, 1.0),   # one past the chunk
+    (2 * CHUNK + 2, 33, 517, 0.7),  # 10 tokens: every ratio placement with both advantage signs
+    (3, 32, 49153, 1.0),          # V not a multiple of a power-of-two block
+    (2, 16, 151936, 0.7),         # the full Qwen2 vocabulary at small N
+]
+# float64: same math, only summation order differs (Triton's float32 1/T: 6e-8 relative).
+# float32: ~1e-6 relative error in logprobs -> ratios -> loss and gradients; 1e-4 margin.
+TOLERANCES = [(torch.float64, 1e-6, 1e-6), (torch.float32, 1e-4, 1e-4)]
+CASES = [(*shape, *tol) for shape in SHAPES for tol in TOLERANCES if shape[2] < 10000 or tol[0] == torch.float32]
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("n,h,v,temperature,dtype,atol,rtol", CASES)
+def test_matches_float64_reference(backend, n, h, v, temperature, dtype, atol, rtol):
+    hidden, weight, targets, old, adv, weights = _inputs(n, h, v, dtype, temperature)
+    want = _forward_backward("reference", hidden.double(), weight.double(), targets, old, adv, weights, temperature)
+    got = _forward_backward(backend, hidden, weight, targets, old.to(dtype), adv.to(dtype), weights.to(dtype),
+                            temperature)
+    assert got[0].dim() == 0 and got[1].shape == (n,)
+    assert got[2].dtype == dtype and got[3].dtype == dtype
+    for name, g, w in zip(("loss", "logprobs", "grad_hidden", "grad_weight"), got, want):
+        torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_is_zero_exactly_where_the_clip_is_active():
+    # The 10-token case places every ratio with both advantage signs; the per-token gradient
+    # of -min(rA, clip(r)A) is zero for (A > 0, r above the band) and (A < 0, r below it).
+    n, h, v = 10, 8, 64
+    hidden, weight, targets, old, adv, _ = _inputs(n, h, v, torch.float64, 1.0, weights=torch.ones(n, dtype=torch.float64))
+    for backend in BACKENDS:
+        rows = []
+        for i in range(n):  # one token at a time: grad_hidden row i is that token's gradient
+            one = [t[i:i + 1] for t in (hidden, targets, old, adv)]
+            _, _, grad_h, _ = _forward_backward(backend, one[0], weight, one[1], one[2], one[3],
+                                                torch.ones(1, dtype=torch.float64), 1.0)
+            rows.append(grad_h.abs().sum().item())
+        ratio = [math.exp(LOG_RATIOS[i % 5]) for i in range(n)]
+        clipped = [(adv[i] > 0 and ratio[i] > 1 + CLIP_HIGH) or (adv[i] < 0 and ratio[i] < 1 - CLIP_LOW)
+                   for i in range(n)]
+        assert sum(clipped) == 2  # r = 1.5 with A > 0, r = 0.6 with A < 0
+        for i in range(n):
+            assert (rows[i] == 0.0) == clipped[i], (backend, i, rows[i], ratio[i], adv[i].item())
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_all_zero_weights_give_zero_loss_and_gradients(backend):
+    n = CHUNK + 1
+    hidden, weight, targets, old, adv, weights = _inputs(n, 16, 200, torch.float32, 1.0,
+                                                         weights=torch.zeros(n, dtype=torch.float64))
+    loss, logprobs, grad_h, grad_w = _forward_backward(backend, hidden, weight, targets, old.float(), adv.float(),
+                                                       weights.float(), 1.0)
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(grad_h) == 0 and torch.count_nonzero(grad_w) == 0
+    want, _ = reference.token_logprobs(hidden.double(), weight.double(), targets)
+    torch.testing.assert_close(logprobs.double(), want, atol=1e-4, rtol=1e-4)  # log-probs still computed
+
+
+# bf16 inputs vs the float32 reference on the same bf16-rounded values: the kernels upcast,
+# so loss and log-probs match like float32 (1e-4); gradients come back in bf16 (2^-9
+# relative rounding per entry): rtol 1e-2, atol 1e-2 * max|grad|.
+@pytest.mark.parametrize("backend", KERNELS)
+def test_bf16_inputs_against_float32_reference(backend):
+    hidden, weight, targets, old, adv, weights = _inputs(2 * CHUNK + 2, 97, 1031, torch.bfloat16, 0.7, seed=5)
+    per_token = [t.float() for t in (old, adv, weights)]
+    want = _forward_backward("reference", hidden.float(), weight.float(), targets, *per_token, 0.7)
+    got = _forward_backward(backend, hidden, weight, targets, *per_token, 0.7)
+    assert got[2].dtype == torch.bfloat16 and got[3].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].float(), want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1].float(), want[1], atol=1e-4, rtol=1e-4)
+    for g, w in zip(got[2:], want[2:]):
+        torch.testing.assert_close(g.float(), w, atol=1e-2 * w.abs().max().item(), rtol=1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_dispatch_and_no_grad(backend):
+    hidden, weight, targets, old, adv, weights = _inputs(6, 24, 300, torch.float64, 0.7, seed=1)
+    want, want_lp = reference.policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7)
+    got, got_lp = ops.policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7,
+                                  backend=backend)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got_lp, want_lp, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # the loss-only path (no gradient epilogue) gives the same loss
+        again, _ = ops.policy_loss(hidden.requires_grad_(True), weight, targets, old, adv, weights,
+                                   CLIP_LOW, CLIP_HIGH, 0.7, backend=backend)
+    assert not again.requires_grad
+    torch.testing.assert_close(again, want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(targets=torch.tensor([0, 1, 99])), "target id at index 2 is 99"),
+    (dict(old_logprobs=torch.tensor([0.0, float("nan"), 0.0], dtype=torch.float64)), "old_logprobs at index 1 is nan"),
+    (dict(advantages=torch.tensor([0.0, 1.0, float("inf")], dtype=torch.float64)), "advantages at index 2 is inf"),
+    (dict(weights=torch.ones(4, dtype=torch.float64)), r"weights must be \[N=3\], got shape \(4,\)"),
+    (dict(clip_low=-0.1), "clip_low must be a finite number >= 0, got -0.1"),
+    (dict(clip_high=float("nan")), "clip_high must be a finite number >= 0, got nan"),
+    (dict(temperature=-1.0), "temperature must be a finite number > 0, got -1.0"),
+    (dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors"),
+])
+def test_bad_inputs_name_the_value(bad, match):
+    args = dict(hidden=torch.randn(3, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
+                targets=torch.tensor([0, 1, 2]), old_logprobs=torch.zeros(3, dtype=torch.float64),
+                advantages=torch.ones(3, dtype=torch.float64), weights=torch.ones(3, dtype=torch.float64))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        ops.policy_loss(**args)
+
+
+def test_cpp_backward_twice_is_a_clear_error():
+    if "cpp" not in BACKENDS:
+        pytest.skip("rlvfast._C is not built")
+    hidden, weight, targets, old, adv, weights = _inputs(3, 8, 50, torch.float64, 1.0)
+    hidden.requires_grad_(True)
+    loss, _ = ops.policy_loss(hidden, weight, targets, old, adv, weights, backend="cpp")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
