@@ -1,0 +1,83 @@
+"""group_advantages on every available backend: hand-computed examples and edge cases."""
+import math
+
+import pytest
+import torch
+
+import rlvfast.ops as ops
+
+
+def _triton_ok() -> bool:
+    if "triton" not in ops.available_backends("cpu"):
+        return False
+    try:
+        import rlvfast.kernels.group_advantages  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS = [b for b in ("reference", "cpp", "triton")
+            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+
+# two groups of 4: [1, 0, 0, 1] (mean 0.5, unbiased std sqrt(1/3)) and [1, 0, 0, 0]
+REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+S1 = 0.5 / (math.sqrt(1 / 3) + 1e-6)  # grpo |adv| in group 1
+S2 = math.sqrt(0.25)  # unbiased std of [1, 0, 0, 0]: sqrt((0.5625 + 3 * 0.0625) / 3) = 0.5
+HAND = {
+    "grpo": [S1, -S1, -S1, S1, 0.75 / (S2 + 1e-6), -0.25 / (S2 + 1e-6), -0.25 / (S2 + 1e-6), -0.25 / (S2 + 1e-6)],
+    # rloo: r_i minus the mean of the other three
+    "rloo": [1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3, 1.0, -1 / 3, -1 / 3, -1 / 3],
+    "drgrpo": [0.5, -0.5, -0.5, 0.5, 0.75, -0.25, -0.25, -0.25],
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", sorted(HAND))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hand_computed(backend, method, dtype):
+    got = ops.group_advantages(torch.tensor(REWARDS, dtype=dtype), 4, method, backend=backend)
+    assert got.dtype == dtype and got.shape == (8,)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got, torch.tensor(HAND[method], dtype=dtype), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", sorted(HAND))
+def test_group_size_one_and_all_equal_groups_are_zero(backend, method):
+    rewards = torch.tensor([1.0, 0.0, 0.5])
+    assert torch.equal(ops.group_advantages(rewards, 1, method, backend=backend), torch.zeros(3))
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # groups of 3: all-1, all-0, mixed
+    got = ops.group_advantages(rewards, 3, method, backend=backend)
+    assert torch.equal(got[:6], torch.zeros(6))
+    assert got[6:].abs().min() > 0.1  # the mixed group is not zeroed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_groups_are_independent_and_sum_to_zero(backend):
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 2, (64 * 8,), generator=g).double()
+    for method in ("grpo", "rloo", "drgrpo"):
+        got = ops.group_advantages(rewards, 8, method, backend=backend)
+        torch.testing.assert_close(got.reshape(64, 8).sum(1), torch.zeros(64, dtype=torch.float64), atol=1e-9, rtol=0)
+        ref = ops.group_advantages(rewards, 8, method, backend="reference")
+        torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_reward_names_the_index(backend, bad_value):
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, bad_value, 0.0, 0.0])
+    with pytest.raises(ValueError, match=f"reward at index 5 is {bad_value}"):
+        ops.group_advantages(rewards, 4, backend=backend)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(group_size=3), "group_size=3 must be a positive int dividing len"),
+    (dict(group_size=0), "group_size=0"),
+    (dict(method="ppo"), "method must be one of"),
+    (dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors"),
+])
+def test_bad_arguments_name_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ops.group_advantages(torch.zeros(8), **{"group_size": 4, **kwargs})
