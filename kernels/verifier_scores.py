@@ -12,8 +12,10 @@ Math (per row b, z = h_b W^T / T):
     p_yes = exp(h_b . w_yes / T - lse_b) only the two lm-head rows w_yes, w_no are gathered
 Backward, with upstream (g_y, g_n) and a = g_y p_yes + g_n p_no:
     d / d z_j = (-a p_j + g_y p_yes [j = yes] + g_n p_no [j = no]) / T
-the dense -a p_j part chunk by chunk with token_logprobs' gradient kernel (recomputing each
-chunk's logits), the two one-hot columns through w_yes, w_no with plain torch.
+chunk by chunk (recomputing each chunk's logits), one Triton program per row writing G in
+place, the one-hot terms folded into the same element as -a p_j: when p_yes ~ 1 the two
+nearly cancel, and adding them per element (not as two separate GEMM sums) keeps fp32
+gradients accurate to fp32 rounding of the small difference.
 """
 from __future__ import annotations
 
@@ -23,9 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rlvfast.kernels.token_logprobs import (
-    LmHeadOperands, _logprobs_bwd_kernel, acc_dtype, block_v, num_warps_for,
-)
+from rlvfast.kernels.token_logprobs import LmHeadOperands, acc_dtype, block_v, num_warps_for
 
 # At most this many vocabulary columns per logit chunk, and about CHUNK_ELEMS elements.
 MAX_CHUNK_COLS = 32768
@@ -57,6 +57,38 @@ def _lse_update_kernel(
         m = m_new
     tl.store(max_ptr + row, m)
     tl.store(sumexp_ptr + row, s)
+
+
+@triton.jit
+def _verifier_bwd_kernel(
+    logits_ptr,  # [B, Vc] recomputed unscaled logits of one vocabulary chunk, row stride stride_row
+    grad_logits_ptr,  # [B, Vc] out: d loss / d (h W_chunk^T); may alias logits_ptr (same stride)
+    lse_ptr,  # [B] full-vocabulary log-sum-exp from the forward
+    dense_coef_ptr,  # [B] -a = -(g_yes p_yes + g_no p_no)
+    yes_coef_ptr,  # [B] g_yes p_yes
+    no_coef_ptr,  # [B] g_no p_no
+    yes_col,  # yes_id - chunk start (outside [0, Vc): not in this chunk)
+    no_col,  # no_id - chunk start
+    stride_row,
+    n_cols,  # Vc
+    temperature,
+    BLOCK_V: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    grad_row_ptr = grad_logits_ptr + row * stride_row
+    inv_t = 1.0 / tl.cast(temperature, ACC)
+    lse = tl.load(lse_ptr + row).to(ACC)
+    dense = tl.load(dense_coef_ptr + row).to(ACC)
+    yes_coef = tl.load(yes_coef_ptr + row).to(ACC)
+    no_coef = tl.load(no_coef_ptr + row).to(ACC)
+    for start in range(0, n_cols, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        mask = cols < n_cols
+        z = tl.load(row_ptr + cols, mask=mask, other=0.0).to(ACC) * inv_t
+        g = dense * tl.exp(z - lse) + tl.where(cols == yes_col, yes_coef, 0.0) + tl.where(cols == no_col, no_coef, 0.0)
+        tl.store(grad_row_ptr + cols, (g * inv_t).to(grad_row_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -101,29 +133,23 @@ def verifier_backward(ops: LmHeadOperands, ids: list[int], lse: torch.Tensor, pr
                       grad_probs: torch.Tensor, cfg: "VerifierConfig", needs_hidden: bool, needs_weight: bool):
     num_rows, num_cols = ops.hidden.shape[0], ops.weight.shape[0]
     cd = ops.compute_dtype
-    onehot_coef = grad_probs * probs  # (B, 2): g_y p_yes, g_n p_no
+    onehot_coef = (grad_probs * probs).contiguous()  # (B, 2): g_y p_yes, g_n p_no
     dense_coef = -onehot_coef.sum(dim=1)  # (B,): -a
-    zeros = torch.zeros_like(dense_coef)
-    no_target = torch.full((num_rows,), -1, dtype=torch.int64, device=lse.device)
+    yes_coef, no_coef = onehot_coef[:, 0].contiguous(), onehot_coef[:, 1].contiguous()  # (B,)
     grad_hidden = torch.zeros_like(ops.hidden, dtype=cd) if needs_hidden else None  # (B, H)
-    grad_weight = torch.zeros_like(ops.weight, dtype=cd) if needs_weight else None  # (V, H)
+    grad_weight = torch.empty_like(ops.weight, dtype=cd) if needs_weight else None  # (V, H)
     for cols in _vocab_chunks(num_cols, chunk_cols_for(num_rows, num_cols, cfg.chunk_cols)):
         logits = _chunk_logits(ops, cols)  # (B, Vc)
         grad_logits = ops.grad_buffer(logits)  # (B, Vc)
         block = block_v(logits.shape[1])
-        # G_j = ((g_lse - g_lp) p_j + g_lp [j = -1]) / T with g_lse = -a, g_lp = 0: the dense part
-        _logprobs_bwd_kernel[(num_rows,)](logits, grad_logits, no_target, lse, zeros, dense_coef,
-                                          logits.stride(0), logits.shape[1], cfg.temperature,
+        _verifier_bwd_kernel[(num_rows,)](logits, grad_logits, lse, dense_coef, yes_coef, no_coef,
+                                          ids[0] - cols.start, ids[1] - cols.start, logits.stride(0),
+                                          logits.shape[1], cfg.temperature,
                                           BLOCK_V=block, ACC=acc_dtype(cd), num_warps=num_warps_for(block))
         if grad_hidden is not None:
             grad_hidden += torch.mm(grad_logits, ops.weight[cols]).to(cd)  # (B, H)
         if grad_weight is not None:
             grad_weight[cols] = torch.mm(grad_logits.T, ops.hidden).to(cd)  # (Vc, H)
-    pair_grad = onehot_coef / cfg.temperature  # (B, 2): d / d (h . w) at the yes and no columns
-    if grad_hidden is not None:
-        grad_hidden += pair_grad @ ops.weight[ids].to(cd)  # (B, H)
-    if grad_weight is not None:
-        grad_weight.index_add_(0, torch.tensor(ids, device=lse.device), pair_grad.T @ ops.hidden.to(cd))
     return grad_hidden, grad_weight
 
 
