@@ -82,6 +82,21 @@ def test_default_chunks_never_hold_all_logits(num_rows, vocab):
     assert 1 <= cols <= min(vocab, MAX_CHUNK_COLS)
 
 
+def test_only_block_sizes_and_dtypes_are_compile_time():
+    # temperature, clips, eps, method must be runtime args: a constexpr would recompile per value
+    import inspect
+
+    from rlvfast.kernels import group_advantages as ga, policy_loss as pl, token_logprobs as tlp
+    from rlvfast.kernels import verifier_scores as vs
+    kernels = [tlp._logprobs_fwd_kernel, tlp._logprobs_bwd_kernel, pl._policy_loss_kernel,
+               vs._lse_update_kernel, vs._verifier_bwd_kernel, ga._group_advantages_kernel]
+    for kernel in kernels:
+        fn = getattr(kernel, "fn", kernel)
+        params = inspect.signature(fn).parameters
+        constexprs = {name for name, p in params.items() if "constexpr" in str(p.annotation)}
+        assert constexprs and constexprs <= {"BLOCK_V", "BLOCK", "ACC", "HAS_GRAD"}, (fn.__name__, constexprs)
+
+
 def test_token_logprobs_grad_of_logprobs_only():
     # upstream grad only on logprobs (lse unused): the backward must treat g_lse as 0
     hidden, weight, targets = lm_head(3, 16, 37, F64)
