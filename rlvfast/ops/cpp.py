@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvfast import _ext
+
 
 @dataclass(slots=True, frozen=True)
 class FusedConfig:
@@ -37,6 +39,12 @@ class TokenBatch:
     old_logprobs: torch.Tensor  # (N,)
     advantages: torch.Tensor  # (N,)
     weights: torch.Tensor  # (N,) mask times normalization
+
+
+def _require_cpp() -> None:
+    """Loads rlvfast._C (registering torch.ops.rlvfast.*) or says why it cannot."""
+    if not _ext.has_cpp():
+        raise RuntimeError(f"rlvfast C++ ops are not built: {_ext.cpp_error()}")
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -93,11 +101,13 @@ class _PolicyLoss(torch.autograd.Function):
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                    cfg: FusedConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    _require_cpp()
     return _TokenLogprobs.apply(hidden, weight, targets, cfg)
 
 
 def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, batch: TokenBatch,
                 cfg: FusedConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    _require_cpp()
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _PolicyLoss.apply(hidden, weight, batch, cfg)
     # No graph to build: the loss only, without the gradient epilogue and GEMMs 2 and 3
@@ -111,6 +121,7 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, batch: TokenBatch,
 def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int,
                     cfg: FusedConfig, block_cols: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """block_cols: vocabulary columns per streaming block, 0 = auto (about 128 MiB)."""
+    _require_cpp()
     return _VerifierScores.apply(hidden, weight, (yes_id, no_id, block_cols), cfg)
 
 
