@@ -163,19 +163,19 @@ class LmHeadOperands:
         return cls(hidden.contiguous(), weight.contiguous(), cd)
 
     @property
-    def is_mixed(self) -> bool:
+    def is_low_precision(self) -> bool:
         return self.hidden.dtype != self.compute_dtype
 
     def logits(self, rows: slice) -> torch.Tensor:
         """Unscaled logits of a row chunk, in the compute dtype."""
         h = self.hidden[rows]  # (C, H)
-        if self.is_mixed:
+        if self.is_low_precision:
             return torch.mm(h, self.weight.T, out_dtype=self.compute_dtype)  # (C, V)
         return torch.mm(h, self.weight.T)  # (C, V)
 
     def grad_buffer(self, logits: torch.Tensor) -> torch.Tensor:
         """Where the kernel writes G: in place over the logits unless the GEMMs run in bf16/fp16."""
-        return torch.empty_like(logits, dtype=self.hidden.dtype) if self.is_mixed else logits
+        return torch.empty_like(logits, dtype=self.hidden.dtype) if self.is_low_precision else logits
 
     def accumulate_grads(self, rows: slice, grad_logits: torch.Tensor, grad_hidden: torch.Tensor | None,
                          grad_weight: torch.Tensor | None) -> None:
@@ -184,9 +184,9 @@ class LmHeadOperands:
             grad_hidden[rows] = torch.mm(grad_logits, self.weight)  # (C, H)
         if grad_weight is not None:
             h = self.hidden[rows]  # (C, H)
-            if self.is_mixed and has_inplace_fp32_addmm(h.device):
+            if self.is_low_precision and has_inplace_fp32_addmm(h.device):
                 torch.addmm(grad_weight, grad_logits.T, h, out_dtype=self.compute_dtype, out=grad_weight)  # (V, H)
-            elif self.is_mixed:  # one extra fp32 [V, H] temporary per chunk
+            elif self.is_low_precision:  # one extra fp32 [V, H] temporary per chunk
                 grad_weight.add_(torch.mm(grad_logits.T, h, out_dtype=self.compute_dtype))  # (V, H)
             else:
                 grad_weight.addmm_(grad_logits.T, h)  # (V, H)

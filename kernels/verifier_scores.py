@@ -105,7 +105,7 @@ def _vocab_chunks(num_cols: int, step: int):
 
 def _chunk_logits(ops: LmHeadOperands, cols: slice) -> torch.Tensor:
     w = ops.weight[cols]  # (Vc, H)
-    if ops.is_mixed:
+    if ops.is_low_precision:
         return torch.mm(ops.hidden, w.T, out_dtype=ops.compute_dtype)  # (B, Vc)
     return torch.mm(ops.hidden, w.T)  # (B, Vc)
 
