@@ -1,6 +1,416 @@
-"""`python -m rlvfast.train`: the RL^V training job (not built yet)."""
+"""`python -m rlvfast.train`: RL^V, one model trained as reasoner and verifier on its own rollouts.
+
+    J = J_RL + lambda * J_verify            (arXiv 2505.04842)
+
+Each step, top to bottom: take `prompts_per_step` problems; sample `group_size` solutions each
+with the Sampler (score=True, so P("Yes") of the verifier BEFORE the update comes free and is
+logged as its accuracy on fresh samples); grade them (1/0, time-limited grader, or a custom
+reward); group-relative advantages; then per micro-batch ONE forward pass per sample over
+`[prompt, solution, verify prompt]` gives the policy rows (clipped loss with the sampler's old
+log-probs) and the verifier row (-log P(label), label Yes/No from the reward); backward; clip;
+AdamW step. The math is in `rlvfast.rl_loss`, checkpoints in `rlvfast.checkpoint`, options
+in `rlvfast.train_config` (`--help`).
+
+With no arguments: the tiny built-in model, warm-started on imperfect synthetic solutions
+(cached), trained with RL^V, then a table on held-out `test` and `hard` problems: pass@1 of
+the warm start and the final model, the verifier's balanced accuracy, and majority,
+best-of-N and weighted voting at N = 1..16 (OUT/summary.json).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import random
 import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rlvfast import checkpoint as ckpt
+from rlvfast.data import Problem
+from rlvfast.rl_loss import (LossConfig, Sample, build_rows, compute_advantages, rlv_loss,
+                             sequence_token_weights, verifier_label_weights, verifier_labels)
+from rlvfast.train_config import TrainConfig, parse_config
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- setup helpers
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
+    return torch.device(name)
+
+
+def load_training_problems(config: TrainConfig) -> list[Problem]:
+    """The training set; a bad --data fails here, before any model is loaded."""
+    if config.is_synthetic:
+        from rlvfast.synthetic import make_problems
+        return make_problems(20_000, "train", seed=config.seed)
+    from rlvfast.data import load_problems
+    problems = load_problems(config.data)
+    if not problems:
+        raise ValueError(f"--data {config.data}: no problems in it")
+    return list(problems)
+
+
+def load_reward_fn(spec: str):
+    module_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--reward {spec!r}: cannot import {fn_name!r} from module {module_name!r} ({e})") from e
+    if not callable(fn):
+        raise ValueError(f"--reward {spec!r} is not callable")
+    return fn
+
+
+def problems_for_step(problems: list[Problem], step: int, num: int, seed: int) -> list[Problem]:
+    """Epoch-wise shuffled stream: position step*num onwards; the order depends only on the seed."""
+    out = []
+    for position in range(step * num, (step + 1) * num):
+        epoch, index = divmod(position, len(problems))
+        order = random.Random(f"{seed}:{epoch}").sample(range(len(problems)), len(problems))
+        out.append(problems[order[index]])
+    return out
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("the trainer computes log-probs from hidden states and the lm head weight; "
+                         "an lm head with a bias is not supported")
+    return head.weight  # (V, H)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**31 - 1)
+
+
+# ----------------------------------------------------------------------------- rewards
+def score_rollouts(outputs, problems: list[Problem], prompts: list[str], grader, reward_fn):
+    """(rewards list[float | None], num_timeouts, num_errors) for every completion in order."""
+    completions = [c for o in outputs for c in o.completions]
+    per_sample = [p for p, o in zip(problems, outputs) for _ in o.completions]
+    if reward_fn is None:
+        results = grader.grade_batch([c.text for c in completions], [p.answer for p in per_sample])
+        return ([1.0 if r.correct else 0.0 for r in results], sum(r.status == "timeout" for r in results),
+                sum(r.status == "error" for r in results))
+    columns = {"answer": [p.answer for p in per_sample], "problem": [p.problem for p in per_sample],
+               "id": [p.id for p in per_sample]}
+    rewards = reward_fn(prompts=[pr for pr, o in zip(prompts, outputs) for _ in o.completions],
+                        completions=[c.text for c in completions],
+                        completion_ids=[list(c.token_ids) for c in completions], **columns)
+    if len(rewards) != len(completions):
+        raise ValueError(f"--reward returned {len(rewards)} rewards for {len(completions)} completions")
+    out = []
+    for i, r in enumerate(rewards):
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)):
+            raise ValueError(f"--reward returned {r!r} for completion {i}; expected a finite float or None")
+        out.append(None if r is None else float(r))
+    return out, 0, 0
+
+
+def verifier_accuracy(scores: list[float], rewards: list[float | None]) -> tuple[float | None, float | None]:
+    """(accuracy, balanced accuracy) of P(Yes) >= 0.5 against reward labels, before the update."""
+    pairs = [(s >= 0.5, r >= 0.5) for s, r in zip(scores, rewards) if r is not None and s is not None]
+    if not pairs:
+        return None, None
+    accuracy = sum(p == y for p, y in pairs) / len(pairs)
+    pos = [p for p, y in pairs if y]
+    neg = [not p for p, y in pairs if not y]
+    if not pos or not neg:
+        return accuracy, None
+    return accuracy, (sum(pos) / len(pos) + sum(neg) / len(neg)) / 2
+
+
+# ----------------------------------------------------------------------------- one update
+def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_config: LossConfig,
+           verify_ids, eos, pad_id, device, ref_model=None) -> dict:
+    """ppo_epochs optimizer steps over the rollouts; returns the metrics (or skipped=True)."""
+    weight = lm_head_weight(model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with_verifier = config.verifier_coef > 0
+    chunks = [samples[i:i + config.micro_batch] for i in range(0, len(samples), config.micro_batch)]
+    rows = [build_rows(c, verify_ids, eos, pad_id, with_verifier).to(device) for c in chunks]
+    if ref_model is not None:
+        with torch.no_grad(), autocast:
+            from rlvfast import ops
+            for r in rows:
+                ref_hidden = ref_model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state
+                flat = ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, r.policy_index)  # (N, H)
+                r.ref_logprobs, _ = ops.token_logprobs(flat, lm_head_weight(ref_model), r.policy_targets,
+                                                       config.temperature)
+    totals = dict.fromkeys(("policy_loss", "verifier_loss", "kl", "num_clipped", "logprob_gap"), 0.0)
+    num_tokens = sum(int(r.policy_targets.numel()) for r in rows)
+    grad_norm = float("nan")
+    for _ in range(config.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for k in totals:
+            totals[k] = 0.0
+        for r in rows:
+            with autocast:
+                hidden = model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
+                out = rlv_loss(hidden, weight, r, loss_config)
+            out.loss.backward()
+            loss_sum += float(out.loss.detach())
+            totals["policy_loss"] += float(out.policy_loss)
+            totals["verifier_loss"] += float(out.verifier_loss)
+            totals["kl"] += float(out.kl)
+            totals["num_clipped"] += float(out.num_clipped)
+            totals["logprob_gap"] += float((out.logprobs - r.old_logprobs).abs().sum())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            return {"skipped": True, "loss": loss_sum, "grad_norm": grad_norm}
+        optimizer.step()
+    return {"skipped": False, "loss": totals["policy_loss"] + config.kl_coef * totals["kl"]
+            + config.verifier_coef * totals["verifier_loss"],
+            "loss/policy": totals["policy_loss"], "loss/verifier": totals["verifier_loss"], "kl": totals["kl"],
+            "clip_ratio": totals["num_clipped"] / max(1, num_tokens), "grad_norm": grad_norm,
+            "old_logprob_abs_diff": totals["logprob_gap"] / max(1, num_tokens), "num_train_tokens": num_tokens}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed: int) -> dict:
+    """pass@1, verifier metrics and voting at N = 1, 2, 4, ... eval_samples on held-out problems."""
+    from rlvfast import SamplingParams
+    from rlvfast.sampler.prompts import format_prompt
+    from rlvfast.scaling import Pool, parallel_accuracy, verifier_metrics
+    from rlvfast.voting import normalize_answer
+
+    prompts = [format_prompt(sampler.tokenizer, p.problem) for p in problems]
+    params = SamplingParams(n=config.eval_samples, max_tokens=config.max_new_tokens,
+                            temperature=config.temperature, seed=seed)
+    outputs = sampler.generate(prompts, params, score=True)
+    pools, scores, labels = [], [], []
+    for problem, output in zip(problems, outputs):
+        results = grader.grade_batch([c.text for c in output.completions], [problem.answer] * len(output.completions))
+        correct = [r.correct for r in results]
+        pool_scores = [float(c.score) for c in output.completions]
+        pools.append(Pool(problem.id, [normalize_answer(r.answer) for r in results], correct, pool_scores,
+                          [len(c.token_ids) for c in output.completions]))
+        scores += pool_scores
+        labels += correct
+    parallel = parallel_accuracy(pools, num_trials=100, seed=seed)
+    verifier = verifier_metrics(scores, labels)
+    summary = {"pass@1": parallel["pass"]["1"], "verifier_balanced_accuracy": verifier["balanced_accuracy"],
+               "verifier_accuracy": verifier["accuracy"], "verifier_auc": verifier["auc"],
+               "num_problems": len(problems), "num_samples": config.eval_samples}
+    for method, name in (("majority", "majority"), ("best_of_n", "best_of_n"), ("weighted", "weighted")):
+        for k, value in parallel[method].items():
+            summary[f"{name}@{k}"] = value
+    return summary
+
+
+def eval_problems(config: TrainConfig) -> dict[str, list[Problem]]:
+    from rlvfast.synthetic import make_problems
+    return {split: make_problems(config.eval_problems, split, seed=0) for split in config.eval_splits}
+
+
+def format_table(summary: dict) -> str:
+    """The end-of-run table: one block per split."""
+    lines = []
+    for split, result in summary["eval"].items():
+        warm = summary.get("warm_start", {}).get(split, {})
+        lines.append(f"== {split}: {result['num_problems']} held-out problems, {result['num_samples']} samples each ==")
+        lines.append(f"pass@1: warm start {_fmt(warm.get('pass@1'))} -> final {_fmt(result['pass@1'])}   "
+                     f"verifier balanced accuracy: warm start {_fmt(warm.get('verifier_balanced_accuracy'))} "
+                     f"-> final {_fmt(result['verifier_balanced_accuracy'])}")
+        ks = sorted({int(k.split("@")[1]) for k in result if k.startswith("majority@")})
+        lines.append("N          " + "".join(f"{k:>8}" for k in ks))
+        for method in ("majority", "best_of_n", "weighted"):
+            lines.append(f"{method:<11}" + "".join(f"{_fmt(result[f'{method}@{k}']):>8}" for k in ks))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+# ----------------------------------------------------------------------------- the run
+def train(config: TrainConfig, log=print) -> dict:
+    """The whole run; returns the summary (also written to OUT/summary.json)."""
+    from rlvfast import Sampler, SamplingParams
+    from rlvfast.grading import Grader
+    from rlvfast.models import eos_ids, load_model, yes_no_ids
+    from rlvfast.sampler.prompts import format_prompt
+
+    wall_start = time.perf_counter()
+    device = pick_device(config.device)
+    out = Path(config.out)
+    problems = load_training_problems(config)  # a bad --data fails here, before anything slow
+    reward_fn = load_reward_fn(config.reward) if config.reward else None
+    resume_from = ckpt.latest_checkpoint(out) if config.resume else None  # no checkpoint: an error
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+
+    # ---- model: the cached warm start of the tiny model, or the user's model
+    if config.is_tiny:
+        from rlvfast.warm_start import cached_warm_start
+        init_path = str(cached_warm_start(config.warm_start_config(), log=log))
+    else:
+        init_path = config.model
+    model, tokenizer = load_model(resume_from or init_path, device=device)
+    ref_model = None
+    if config.kl_coef > 0:  # KL to the initial model, frozen
+        ref_model, _ = load_model(init_path, device=device)
+        ref_model.requires_grad_(False)
+    sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
+    yes_id, no_id = yes_no_ids(tokenizer)
+    eos = eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    loss_config = LossConfig(clip_low=config.clip_low, clip_high=config.clip_high, temperature=config.temperature,
+                             verifier_coef=config.verifier_coef, kl_coef=config.kl_coef)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup) if config.warmup else 1.0)
+    grader = Grader(timeout=config.grader_timeout)
+    splits = eval_problems(config) if config.is_synthetic and config.eval_problems else {}
+
+    # ---- resume, or evaluate the starting point for the final table
+    start_step, num_bad, warm_eval = 0, 0, {}
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, num_bad, warm_eval = state["step"], state["num_bad_steps"], state.get("warm_start_eval", {})
+        log(f"resuming from {resume_from} at step {start_step}")
+    elif splits:
+        t0 = time.perf_counter()
+        warm_eval = {s: evaluate(sampler, p, config, grader, seed=1) for s, p in splits.items()}
+        log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
+            ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
+    metrics_path = out / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start_step)
+
+    def state_dict(step: int) -> dict:
+        return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": ckpt.rng_state(), "data_position": step * config.prompts_per_step,
+                "num_bad_steps": num_bad, "warm_start_eval": warm_eval, "config": config.to_dict()}
+
+    # ---- RL^V
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="RL^V",
+               disable=None, file=sys.stderr)
+    with open(metrics_path, "a") as metrics_file:
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = problems_for_step(problems, step, config.prompts_per_step, config.seed)
+            prompts = [format_prompt(tokenizer, p.problem) for p in batch]
+            model.eval()
+            params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
+                                    temperature=config.temperature, seed=step_seed(config.seed, step))
+            outputs = sampler.generate(prompts, params, score=True)
+            completions = [c for o in outputs for c in o.completions]
+            t1 = time.perf_counter()
+            rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, grader, reward_fn)
+            t2 = time.perf_counter()
+
+            advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
+            lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
+            token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
+            label_weights = verifier_label_weights(is_valid)  # (B,)
+            labels = verifier_labels(rewards, yes_id, no_id)
+            samples = [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
+                              float(token_weights[i]), labels[i], float(label_weights[i]))
+                       for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]
+            model.train()
+            result = update(model, optimizer, samples, config, loss_config, sampler.verify_ids, eos, pad_id,
+                            device, ref_model)
+            t3 = time.perf_counter()
+
+            metrics = {"step": step + 1, **_rollout_metrics(rewards, completions, config),
+                       **{k: v for k, v in result.items()}}
+            metrics["verifier/accuracy"], metrics["verifier/balanced_accuracy"] = verifier_accuracy(
+                [c.score for c in completions], rewards)
+            metrics |= {"lr": scheduler.get_last_lr()[0], "grader/timeouts": num_timeouts,
+                        "grader/errors": num_errors, "time/sampling": t1 - t0, "time/grading": t2 - t1,
+                        "time/update": t3 - t2,
+                        "tokens_per_second": int(lengths.sum()) / (t3 - t0)}
+            if result["skipped"]:
+                num_bad += 1
+                log(f"step {step + 1}: non-finite loss {result['loss']} or grad norm {result['grad_norm']}: "
+                    f"skipped ({num_bad} in a row)")
+            else:
+                num_bad = 0
+                scheduler.step()
+            metrics["num_bad_steps"] = num_bad
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}",
+                            vacc=_fmt(metrics["verifier/balanced_accuracy"]), refresh=False)
+            if num_bad >= config.max_bad_steps:
+                last = ckpt.read_marker(out)
+                raise TrainingError(f"{num_bad} consecutive steps with a non-finite loss or gradient "
+                                    f"(last at step {step + 1}); stopping. The last good checkpoint "
+                                    f"({last or 'none written yet'}) is intact; try a lower --lr.")
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                ckpt.save_checkpoint(out, step + 1, model, tokenizer, state_dict(step + 1), config.keep_last)
+    bar.close()
+    ckpt.save_final(out, model, tokenizer)
+
+    # ---- the final table
+    summary: dict = {"config": config.to_dict(), "steps": config.steps}
+    if splits:
+        model.eval()
+        summary["warm_start"] = warm_eval
+        summary["eval"] = {s: evaluate(sampler, p, config, grader, seed=1) for s, p in splits.items()}
+    summary["wall_seconds"] = time.perf_counter() - wall_start
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if splits:
+        log(format_table(summary))
+    log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {metrics_path}")
+    grader.close()
+    return summary
+
+
+def _rollout_metrics(rewards: list[float | None], completions, config: TrainConfig) -> dict:
+    valid = torch.tensor([math.nan if r is None else r for r in rewards]).view(-1, config.group_size)  # (P, G)
+    group_std = torch.tensor([g[~g.isnan()].std().item() if (~g.isnan()).sum() > 1 else 0.0 for g in valid])
+    lengths = [len(c.token_ids) for c in completions]
+    return {"reward": float(valid.nanmean()) if (~valid.isnan()).any() else None,
+            "reward_std": float(group_std.mean()), "frac_reward_zero_std": float((group_std == 0).float().mean()),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/clipped_ratio": sum(c.finish_reason == "length" for c in completions) / len(completions),
+            # the sampled-token estimate of the policy entropy (TRL computes it exactly from full logits)
+            "entropy": -float(torch.cat([c.logprobs for c in completions]).mean()),
+            "rewards/none": sum(r is None for r in rewards)}
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines the interrupted run wrote after its last checkpoint."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    try:
+        train(config)
+    except (TrainingError, ckpt.CheckpointError) as e:
+        print(f"rlvfast.train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
 
 if __name__ == "__main__":
-    print("rlvfast.train: not yet implemented (see issue 5); nothing was trained", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

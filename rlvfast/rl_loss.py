@@ -1,0 +1,235 @@
+"""The math of one RL^V update, as small pure functions: advantages, per-token weights, rows, loss.
+
+    J = J_RL + lambda * J_verify            (RL^V, arXiv 2505.04842)
+
+One forward pass per sample over `[prompt, solution, verify prompt]` gives both parts: the
+hidden states at the positions that predict the solution tokens (the sampled ids, the final
+EOS included) feed the clipped policy loss with the sampler's old log-probs, and the hidden
+state at the last verify-prompt position feeds the verifier loss -log P(label), label "Yes"
+when the reward was 1 (>= 0.5 for a custom reward) and "No" otherwise. Log-probs come from
+`rlvfast.ops` on gathered hidden-state rows, so the full [B, T, V] logits never exist.
+
+By causality the hidden state at the last solution position does not depend on what comes
+after it, so the EOS the sampler drew there is still the policy target, although the next
+input token is the first verify token (the verifier sees the solution without its EOS,
+exactly as `Sampler.verification_ids` builds it).
+
+Aggregation (how per-token losses are summed; normalized over the WHOLE step's batch, so
+splitting it into micro-batches does not change the gradient):
+- token-mean: every valid token weighs 1 / (number of valid tokens in the batch)  (TRL "dapo",
+  verl "token-mean");
+- seq-mean: each sequence's tokens weigh 1 / (its length * number of valid sequences)  (TRL
+  "grpo", verl "seq-mean-token-mean");
+- constant: 1 / (max_new_tokens * number of valid sequences)  (Dr.GRPO; TRL "dr_grpo", verl
+  "seq-mean-token-sum-norm").
+Samples whose reward is None get weight 0 and no verifier label.
+
+Not here: sampling, grading, the optimizer and the loop (`rlvfast.train`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlvfast import ops
+from rlvfast.ops.reference import clipped_token_loss
+
+ALGOS = ("grpo", "rloo", "drgrpo")
+LOSS_AGGS = ("token-mean", "seq-mean", "constant")
+# Where the paper is silent we follow TRL/verl: GRPO and RLOO average over tokens
+# (TRL's default "dapo" loss / verl's "token-mean"); Dr.GRPO uses its constant normalizer.
+DEFAULT_LOSS_AGG = {"grpo": "token-mean", "rloo": "token-mean", "drgrpo": "constant"}
+YES_THRESHOLD = 0.5  # a reward >= this is labeled "Yes" for the verifier
+
+
+@dataclass(frozen=True, slots=True)
+class LossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    temperature: float = 1.0       # the sampler's: old log-probs are under this distribution
+    verifier_coef: float = 1.0     # lambda; 0 = the base method (no verify tokens in the forward)
+    kl_coef: float = 0.0           # > 0: k3 KL to a frozen reference model
+
+
+# ----------------------------------------------------------------------------- advantages
+def compute_advantages(rewards: Sequence[float | None], group_size: int, algo: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages [B] float32, is_valid [B] bool) for rewards in consecutive groups.
+
+    A None reward ("could not score") is replaced by the mean of its group's valid rewards
+    before the group statistics (so it moves neither the mean nor, much, the std) and is
+    masked out of every loss by `is_valid`.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    is_valid = torch.tensor([r is not None for r in rewards], dtype=torch.bool)  # (B,)
+    filled = torch.tensor([0.0 if r is None else float(r) for r in rewards], dtype=torch.float32)  # (B,)
+    groups, valid = filled.view(-1, group_size), is_valid.view(-1, group_size)  # (P, G)
+    num_valid = valid.sum(dim=1, keepdim=True).clamp(min=1)  # (P, 1)
+    group_mean = (groups * valid).sum(dim=1, keepdim=True) / num_valid  # (P, 1)
+    filled = torch.where(valid, groups, group_mean).view(-1)  # (B,)
+    advantages = ops.group_advantages(filled, group_size, algo)  # (B,)
+    return torch.where(is_valid, advantages, torch.zeros_like(advantages)), is_valid
+
+
+# ----------------------------------------------------------------------------- weights
+def sequence_token_weights(lengths: torch.Tensor, is_valid: torch.Tensor, loss_agg: str,
+                           max_new_tokens: int) -> torch.Tensor:
+    """The weight of each token of each sequence, [B] (the same for all its tokens)."""
+    if loss_agg not in LOSS_AGGS:
+        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    lengths = lengths.to(torch.float32)  # (B,)
+    valid = is_valid.to(torch.float32)  # (B,)
+    num_seqs = valid.sum().clamp(min=1.0)
+    if loss_agg == "token-mean":
+        weights = valid / (lengths * valid).sum().clamp(min=1.0)
+    elif loss_agg == "seq-mean":
+        weights = valid / (lengths.clamp(min=1.0) * num_seqs)
+    else:
+        weights = valid / (float(max_new_tokens) * num_seqs)
+    return weights  # (B,)
+
+
+def verifier_label_weights(is_valid: torch.Tensor) -> torch.Tensor:
+    """1 / (number of labeled samples in the batch) for each labeled sample, else 0. [B]"""
+    valid = is_valid.to(torch.float32)
+    return valid / valid.sum().clamp(min=1.0)
+
+
+def verifier_labels(rewards: Sequence[float | None], yes_id: int, no_id: int) -> list[int]:
+    return [yes_id if r is not None and r >= YES_THRESHOLD else no_id for r in rewards]
+
+
+# ----------------------------------------------------------------------------- rows
+@dataclass(slots=True)
+class Sample:
+    """One rollout as the loss needs it (token ids exactly as sampled)."""
+    prompt_ids: list[int]
+    completion_ids: list[int]      # every sampled id, a final EOS included
+    old_logprobs: torch.Tensor     # [len(completion_ids)] under the sampling distribution
+    advantage: float
+    token_weight: float            # from sequence_token_weights
+    label_id: int                  # "Yes" or "No" token id
+    label_weight: float            # from verifier_label_weights (0: no label)
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """A right-padded micro-batch and the flat positions of its policy and verifier rows."""
+    input_ids: torch.Tensor        # (B, T)
+    attention_mask: torch.Tensor   # (B, T)
+    policy_index: torch.Tensor     # (N,) flat index into B*T of positions predicting solution tokens
+    policy_targets: torch.Tensor   # (N,)
+    old_logprobs: torch.Tensor     # (N,)
+    advantages: torch.Tensor       # (N,)
+    policy_weights: torch.Tensor   # (N,)
+    sample_of_token: torch.Tensor  # (N,) which row each policy token belongs to
+    verifier_index: torch.Tensor   # (B,) flat index of the last verify-prompt position
+    verifier_targets: torch.Tensor  # (B,)
+    verifier_weights: torch.Tensor  # (B,)
+    ref_logprobs: torch.Tensor | None = None  # (N,) under the frozen reference model (KL only)
+
+    def to(self, device: torch.device) -> RowBatch:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+
+def build_rows(samples: Sequence[Sample], verify_ids: Sequence[int], eos_ids: Sequence[int],
+               pad_id: int, with_verifier: bool = True, dtype: torch.dtype = torch.float32) -> RowBatch:
+    """Rows `[prompt, solution (no final EOS), verify ids]` (just `[prompt, completion]` when
+    `with_verifier` is False, i.e. lambda = 0: the base method's forward exactly). `dtype`:
+    of the per-token old log-probs, advantages and weights (float32; float64 in tests)."""
+    eos = set(eos_ids)
+    rows, policy_index, targets, old, adv, weights, owner = [], [], [], [], [], [], []
+    verifier_index, verifier_targets, verifier_weights = [], [], []
+    for s in samples:
+        completion = list(s.completion_ids)
+        solution = completion[:-1] if completion and completion[-1] in eos else completion
+        row = s.prompt_ids + (solution + list(verify_ids) if with_verifier else completion)
+        rows.append(row)
+        first = len(s.prompt_ids) - 1  # the position predicting the first sampled token
+        policy_index.append((len(rows) - 1, first, len(completion)))
+        targets += completion
+        old.append(s.old_logprobs.to(dtype))
+        adv += [s.advantage] * len(completion)
+        weights += [s.token_weight] * len(completion)
+        owner += [len(rows) - 1] * len(completion)
+        verifier_index.append((len(rows) - 1, len(row) - 1))
+        verifier_targets.append(s.label_id)
+        verifier_weights.append(s.label_weight if with_verifier else 0.0)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, :len(row)] = 1
+    flat = torch.cat([torch.arange(b * width + first, b * width + first + n) for b, first, n in policy_index])
+    return RowBatch(
+        input_ids=input_ids, attention_mask=attention_mask, policy_index=flat,
+        policy_targets=torch.tensor(targets, dtype=torch.long), old_logprobs=torch.cat(old),
+        advantages=torch.tensor(adv, dtype=dtype), policy_weights=torch.tensor(weights, dtype=dtype),
+        sample_of_token=torch.tensor(owner, dtype=torch.long),
+        verifier_index=torch.tensor([b * width + t for b, t in verifier_index], dtype=torch.long),
+        verifier_targets=torch.tensor(verifier_targets, dtype=torch.long),
+        verifier_weights=torch.tensor(verifier_weights, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------- loss
+@dataclass(slots=True)
+class LossOutput:
+    loss: torch.Tensor            # scalar with grad: policy + kl_coef * kl + verifier_coef * verifier
+    policy_loss: torch.Tensor     # detached scalars below
+    verifier_loss: torch.Tensor
+    kl: torch.Tensor
+    logprobs: torch.Tensor        # (N,) detached log-probs of the solution tokens
+    num_clipped: torch.Tensor     # number of tokens whose clipped term is active
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || ref): exp(ref - lp) - (ref - lp) - 1 (>= 0)."""
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+def clipped_mask(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                 clip_low: float, clip_high: float) -> torch.Tensor:
+    """Tokens whose clipped term is active (TRL's clip_ratio/region)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    return ((ratio < 1.0 - clip_low) & (advantages < 0)) | ((ratio > 1.0 + clip_high) & (advantages > 0))
+
+
+def rlv_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, batch: RowBatch, config: LossConfig) -> LossOutput:
+    """The unified RL^V loss from the final hidden states of one forward pass.
+
+    hidden: (B, T, H) last hidden states (after the final norm); lm_weight: (V, H).
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
+    policy_hidden = flat.index_select(0, batch.policy_index)  # (N, H)
+    if config.kl_coef > 0:  # differentiable log-probs needed twice: compute them once
+        logprobs, _ = ops.token_logprobs(policy_hidden, lm_weight, batch.policy_targets, config.temperature)  # (N,)
+        per_token = clipped_token_loss(logprobs, batch.old_logprobs, batch.advantages,
+                                       config.clip_low, config.clip_high)  # (N,)
+        policy = (batch.policy_weights * per_token).sum()
+        kl = (batch.policy_weights * k3_kl(logprobs, batch.ref_logprobs)).sum()
+        loss = policy + config.kl_coef * kl
+        logprobs = logprobs.detach()
+    else:
+        policy, logprobs = ops.policy_loss(policy_hidden, lm_weight, batch.policy_targets, batch.old_logprobs,
+                                           batch.advantages, batch.policy_weights, config.clip_low,
+                                           config.clip_high, config.temperature)
+        kl = torch.zeros((), dtype=policy.dtype, device=policy.device)
+        loss = policy
+    if config.verifier_coef > 0:
+        verifier_hidden = flat.index_select(0, batch.verifier_index)  # (B, H)
+        label_logprobs, _ = ops.token_logprobs(verifier_hidden, lm_weight, batch.verifier_targets, 1.0)  # (B,)
+        verifier = -(batch.verifier_weights * label_logprobs).sum()
+        loss = loss + config.verifier_coef * verifier
+    else:
+        verifier = torch.zeros((), dtype=policy.dtype, device=policy.device)
+    is_clipped = clipped_mask(logprobs, batch.old_logprobs, batch.advantages, config.clip_low, config.clip_high)
+    return LossOutput(loss=loss, policy_loss=policy.detach(), verifier_loss=verifier.detach(), kl=kl.detach(),
+                      logprobs=logprobs, num_clipped=(is_clipped & (batch.policy_weights > 0)).sum())
