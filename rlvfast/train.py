@@ -359,7 +359,8 @@ def train(config: TrainConfig, log=print) -> dict:
                 raise TrainingError(f"{num_bad} consecutive steps with a non-finite loss or gradient "
                                     f"(last at step {step + 1}); stopping. The last good checkpoint "
                                     f"({last or 'none written yet'}) is intact; try a lower --lr.")
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            # not during a streak of skipped steps: the checkpoint the error names stays the last good one
+            if num_bad == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
                 ckpt.save_checkpoint(out, step + 1, model, tokenizer, state_dict(step + 1), config.keep_last)
     bar.close()
     ckpt.save_final(out, model, tokenizer)

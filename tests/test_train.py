@@ -1,0 +1,205 @@
+"""The training loop end to end on a micro model (1 layer, hidden 32, 8 new tokens): each
+algorithm runs two steps, resume is exact, NaN steps are skipped then stop the run, bad
+inputs fail before training, custom rewards and config files work."""
+import json
+import math
+
+import pytest
+import torch
+
+from rlvfast import checkpoint as ckpt
+from rlvfast import train as train_mod
+from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.train_config import TrainConfig, parse_config
+
+REWARD_MODULE = '''
+def parity(prompts, completions, completion_ids, answer, **columns):
+    """1 when the sampled ids sum to an even number: varied rewards even from a random model."""
+    assert len(prompts) == len(completions) == len(completion_ids) == len(answer)
+    return [float(sum(ids) % 2 == 0) for ids in completion_ids]
+
+def some_none(prompts, completions, completion_ids, **columns):
+    return [None if i % 3 == 0 else float(sum(ids) % 2 == 0) for i, ids in enumerate(completion_ids)]
+'''
+
+
+@pytest.fixture(scope="module")
+def micro_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("train") / "m",
+                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
+
+
+@pytest.fixture()
+def rewards_module(tmp_path, monkeypatch):
+    (tmp_path / "rlvfast_test_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "rlvfast_test_rewards"
+
+
+def config(micro_dir, out, **overrides) -> TrainConfig:
+    values = dict(model=str(micro_dir), out=str(out), steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8,
+                  micro_batch=5, eval_problems=0, verify_prompt="\nOK?\n", checkpoint_every=1, lr=1e-2, warmup=0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def quiet(*args):
+    pass
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "drgrpo"])
+def test_two_steps_of_each_algorithm(micro_dir, tmp_path, rewards_module, algo):
+    out = tmp_path / "run"
+    train_mod.train(config(micro_dir, out, algo=algo, reward=f"{rewards_module}:parity"), log=quiet)
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert not m["skipped"]
+        assert 0.0 <= m["reward"] <= 1.0 and m["reward_std"] > 0  # the parity reward varies
+        assert math.isfinite(m["loss/policy"]) and m["loss/verifier"] > 0 and m["grad_norm"] > 0
+        # on-policy: the trainer's log-probs equal the sampler's up to float32 numerics
+        assert m["old_logprob_abs_diff"] < 1e-4
+        assert m["clip_ratio"] == 0.0
+        assert m["verifier/accuracy"] is not None
+        for key in ("frac_reward_zero_std", "completions/clipped_ratio", "entropy", "kl", "tokens_per_second",
+                    "time/sampling", "time/grading", "time/update", "grader/timeouts"):
+            assert key in m, key
+    assert ckpt.latest_checkpoint(out).name == "step-000002"
+    final, _ = load_model(out / "final")
+    start, _ = load_model(micro_dir)
+    assert not torch.equal(final.get_output_embeddings().weight, start.get_output_embeddings().weight)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["wall_seconds"] > 0 and "eval" not in summary  # eval_problems=0: no table
+
+
+def test_verifier_coef_zero_trains_no_verifier(micro_dir, tmp_path, rewards_module):
+    out = tmp_path / "run"
+    train_mod.train(config(micro_dir, out, steps=1, verifier_coef=0.0, reward=f"{rewards_module}:parity"), log=quiet)
+    (m,) = read_metrics(out)
+    assert m["loss/verifier"] == 0.0 and m["loss"] == m["loss/policy"]
+
+
+def test_resume_continues_exactly(micro_dir, tmp_path, rewards_module):
+    reward = f"{rewards_module}:parity"
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_mod.train(config(micro_dir, full, steps=4, checkpoint_every=2, reward=reward), log=quiet)
+    train_mod.train(config(micro_dir, part, steps=2, checkpoint_every=2, reward=reward), log=quiet)
+    train_mod.train(config(micro_dir, part, steps=4, checkpoint_every=2, reward=reward, resume=True), log=quiet)
+    a, b = read_metrics(full), read_metrics(part)
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    keys = ("loss", "loss/policy", "loss/verifier", "grad_norm", "reward", "entropy", "lr")
+    for ma, mb in zip(a, b):
+        assert {k: ma[k] for k in keys} == {k: mb[k] for k in keys}, ma["step"]
+    wa, _ = load_model(full / "final")
+    wb, _ = load_model(part / "final")
+    for (name, p), q in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def _nan_on_calls(monkeypatch, calls: set[int] | None):
+    """Make rlv_loss return a NaN loss on the given call numbers (None: always)."""
+    real = train_mod.rlv_loss
+    count = {"n": 0}
+
+    def patched(*args, **kwargs):
+        out = real(*args, **kwargs)
+        count["n"] += 1
+        if calls is None or count["n"] in calls:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "rlv_loss", patched)
+
+
+def test_nan_step_is_skipped_and_the_run_goes_on(micro_dir, tmp_path, monkeypatch):
+    _nan_on_calls(monkeypatch, {1})  # the first micro-batch of step 1
+    out = tmp_path / "run"
+    before, _ = load_model(micro_dir)
+    train_mod.train(config(micro_dir, out, steps=2), log=quiet)
+    m1, m2 = read_metrics(out)
+    assert m1["skipped"] and m1["num_bad_steps"] == 1 and not math.isfinite(m1["loss"])
+    assert not m2["skipped"] and m2["num_bad_steps"] == 0 and math.isfinite(m2["loss"])
+    after, _ = load_model(out / "final")
+    assert not torch.equal(before.lm_head.weight, after.lm_head.weight)
+
+
+def test_consecutive_nan_steps_stop_with_the_last_checkpoint_intact(micro_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train_mod.train(config(micro_dir, out, steps=1), log=quiet)
+    good = ckpt.latest_checkpoint(out)
+    _nan_on_calls(monkeypatch, None)
+    with pytest.raises(train_mod.TrainingError, match="2 consecutive steps"):
+        train_mod.train(config(micro_dir, out, steps=5, max_bad_steps=2, resume=True), log=quiet)
+    assert ckpt.latest_checkpoint(out) == good
+    assert ckpt.load_trainer_state(good)["step"] == 1
+    assert [m["skipped"] for m in read_metrics(out)] == [False, True, True]
+
+
+def test_bad_data_fails_before_training(micro_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        train_mod.train(config(micro_dir, out, data=str(tmp_path / "nope.jsonl")), log=quiet)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1?"}\n')  # no answer field
+    with pytest.raises(ValueError, match="bad.jsonl"):
+        train_mod.train(config(micro_dir, out, data=str(bad)), log=quiet)
+    assert not out.exists()
+
+
+def test_resume_without_a_checkpoint_is_an_error(micro_dir, tmp_path):
+    assert train_mod.main(["--model", str(micro_dir), "--out", str(tmp_path / "empty"), "--resume",
+                           "--eval-problems", "0"]) == 1
+    with pytest.raises(ckpt.CheckpointError):
+        train_mod.train(config(micro_dir, tmp_path / "empty", resume=True), log=quiet)
+
+
+def test_none_rewards_get_no_gradient_and_no_label(micro_dir, tmp_path, rewards_module):
+    out = tmp_path / "run"
+    train_mod.train(config(micro_dir, out, steps=1, reward=f"{rewards_module}:some_none"), log=quiet)
+    (m,) = read_metrics(out)
+    assert m["rewards/none"] == 3  # samples 0, 3, 6 of 8
+    assert math.isfinite(m["loss"]) and m["loss/verifier"] > 0
+
+
+def test_bad_reward_spec_is_an_error(micro_dir, tmp_path):
+    with pytest.raises(ValueError, match="no_such_module_xyz"):
+        train_mod.train(config(micro_dir, tmp_path / "r", reward="no_such_module_xyz:f"), log=quiet)
+
+
+def test_kl_to_the_initial_model(micro_dir, tmp_path, rewards_module):
+    out = tmp_path / "run"
+    train_mod.train(config(micro_dir, out, kl_coef=0.1, reward=f"{rewards_module}:parity"), log=quiet)
+    m1, m2 = read_metrics(out)
+    assert abs(m1["kl"]) < 1e-6  # step 1: the policy is still the reference model
+    assert m2["kl"] > 0
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("algo: rloo\nverifier-coef: 0.5\nsteps: 7\n")
+    cfg = parse_config(["--config", str(path), "--steps", "9", "--clip-high", "0.28"])
+    assert (cfg.algo, cfg.verifier_coef, cfg.steps, cfg.clip_high) == ("rloo", 0.5, 9, 0.28)
+    assert cfg.loss_agg == "token-mean"
+    assert parse_config(["--algo", "drgrpo"]).loss_agg == "constant"  # Dr.GRPO's constant normalizer
+    (tmp_path / "bad.json").write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ValueError, match="stepz"):
+        parse_config(["--config", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="group_size"):
+        TrainConfig(group_size=0)
+    with pytest.raises(SystemExit):
+        parse_config(["--algo", "ppo"])
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--algo", "--verifier-coef", "--clip-low", "--clip-high", "--kl-coef", "--loss-agg",
+                 "--group-size", "--prompts-per-step", "--micro-batch", "--ppo-epochs", "--lr", "--warmup",
+                 "--max-grad-norm", "--max-new-tokens", "--temperature", "--steps", "--seed", "--model",
+                 "--data", "--out", "--resume", "--reward", "--checkpoint-every", "--keep-last"):
+        assert flag in text, flag
