@@ -92,6 +92,33 @@ class KVCache:
                 new_store.append(fresh)
         return out
 
+    @classmethod
+    def stack(cls, caches: list[KVCache], extra_capacity: int) -> KVCache:
+        """The rows of several caches in one, columns aligned at 0; a shorter cache's columns
+        past its length stay invalid (a gap the mask hides), so rows that ended at different
+        steps can take one forward together. Capacity: the longest length + extra_capacity."""
+        if len(caches) == 1 and caches[0].capacity >= caches[0].length + extra_capacity:
+            return caches[0]
+        length = max(c.length for c in caches)
+        first = caches[0]
+        out = cls(sum(c.num_rows for c in caches), length + extra_capacity, first.is_valid.device, first.dtype)
+        out.length, row = length, 0
+        for c in caches:
+            rows = slice(row, row + c.num_rows)
+            out.is_valid[rows, :c.length] = c.is_valid[:c.num_rows, :c.length]
+            out.next_position[rows] = c.next_position[:c.num_rows]
+            row += c.num_rows
+        for layer in range(len(first.keys)):
+            for store, new_store in ((lambda c: c.keys, out.keys), (lambda c: c.values, out.values)):
+                proto = store(first)[layer]
+                fresh = proto.new_zeros((out.num_rows, proto.shape[1], out.capacity, proto.shape[3]))
+                row = 0
+                for c in caches:
+                    fresh[row:row + c.num_rows, :, :c.length] = store(c)[layer][:c.num_rows, :, :c.length]
+                    row += c.num_rows
+                new_store.append(fresh)
+        return out
+
     def remove_rows(self, rows: list[int]) -> list[int]:
         """Drops `rows` (live row numbers); the last live rows move into the holes. Returns the
         old row number of each remaining row, in its new order."""

@@ -24,6 +24,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] | None = field(default=None)
+    ignore_eos: bool = False  # keep sampling past EOS (benchmarks of fixed length, as vLLM's)
 
     def __post_init__(self) -> None:
         for name in ("n", "max_tokens"):
@@ -39,6 +40,8 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            raise ValueError(f"SamplingParams.ignore_eos must be a bool, got {self.ignore_eos!r}")
         if self.stop is not None:
             if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
                 raise ValueError(f"SamplingParams.stop must be a list of non-empty strings, got {self.stop!r}")
