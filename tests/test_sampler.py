@@ -63,9 +63,11 @@ def test_sampling_params_defaults_follow_vllm():
 
 
 # ---------------------------------------------------------------------------- tiny model
-@pytest.fixture(scope="module")
-def tiny_sampler(tiny_model):
-    return Sampler(*tiny_model)
+@pytest.fixture(scope="module", params=[True, False], ids=["fast_trunk", "hf_trunk"])
+def tiny_sampler(tiny_model, request):
+    sampler = Sampler(*tiny_model, fast_path=request.param)
+    assert (sampler.runner.fast is not None) == request.param
+    return sampler
 
 
 def test_plain_model_prompts(tiny_sampler):
@@ -226,6 +228,39 @@ def test_every_eos_id_stops_and_pad_equal_to_eos_is_kept(tiny_model):
                                torch.tensor(reference), atol=1e-4, rtol=0)
 
 
+def check_fast_trunk_matches_hf(model, tok, prompts):
+    """Prefill, a decode step and a verification through FastTrunk equal the HF trunk's."""
+    fast, hf = Sampler(model, tok).runner, Sampler(model, tok, fast_path=False).runner
+    assert fast.fast is not None and hf.fast is None
+    ids = [Sampler(model, tok).encode(p) for p in prompts]
+    results = []
+    with torch.inference_mode():
+        for runner in (fast, hf):
+            cache, logits = runner.prefill(ids, capacity=len(max(ids, key=len)) + 5)  # + decode + verify
+            step = runner.decode_step(cache, logits.argmax(-1))
+            p_yes = runner.verify(cache, [None] + [7] * (len(ids) - 1), [8, 9, 10])
+            results.append((logits, step, p_yes))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_trunk_matches_hf_trunk_and_follows_weight_updates(tiny_model):
+    model, tok = copy.deepcopy(tiny_model[0]), tiny_model[1]
+    check_fast_trunk_matches_hf(model, tok, TINY_PROMPTS)
+    sampler = Sampler(model, tok)
+    params = SamplingParams(n=2, max_tokens=8, seed=5)
+    before = sampler.generate(TINY_PROMPTS, params)
+    with torch.no_grad():  # an optimizer step changes weights in place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after = sampler.generate(TINY_PROMPTS, params)
+    reference = Sampler(model, tok, fast_path=False).generate(TINY_PROMPTS, params)
+    assert [c.token_ids for c in all_completions(after)] == [c.token_ids for c in all_completions(reference)]
+    assert [c.token_ids for c in all_completions(after)] != [c.token_ids for c in all_completions(before)]
+    torch.testing.assert_close(torch.tensor([c.score for c in all_completions(after)]),
+                               torch.tensor([c.score for c in all_completions(reference)]), atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
 def smol_sampler(smollm2):
@@ -263,6 +298,11 @@ def test_in_cache_scores_equal_reencoded_scores_smollm2(smol_sampler, monkeypatc
     reference = smol_sampler.score(prompts, [out.completions for out in outputs])
     got = torch.tensor([[c.score for c in out.completions] for out in outputs])
     torch.testing.assert_close(got, torch.tensor(reference), atol=1e-4, rtol=0)
+
+
+def test_fast_trunk_matches_hf_trunk_smollm2(smol_sampler):
+    tok = smol_sampler.tokenizer
+    check_fast_trunk_matches_hf(smol_sampler.model, tok, [format_prompt(tok, "What is 2+3?"), format_prompt(tok, "Hi")])
 
 
 def test_greedy_equals_hf_generate_smollm2(smol_sampler):

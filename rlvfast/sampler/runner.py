@@ -15,6 +15,7 @@ import inspect
 
 import torch
 
+from rlvfast.sampler.fast_trunk import FastTrunk
 from rlvfast.sampler.kv_cache import KVCache
 
 # Config fields of HF models whose forward rescales logits after lm_head (Cohere, Gemma2, Granite, ...).
@@ -33,7 +34,7 @@ def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, yes_id: int, no_id: int) -> None:
+    def __init__(self, model: torch.nn.Module, yes_id: int, no_id: int, fast_path: bool = True) -> None:
         self.model = model
         self.trunk = model.base_model
         if self.trunk is model:
@@ -51,6 +52,8 @@ class ModelRunner:
         self.max_positions = getattr(config, "max_position_embeddings", None)
         params = inspect.signature(self.trunk.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
+        # Llama-family trunks run through a lean forward; others (and fast_path=False) through HF's.
+        self.fast = FastTrunk(model) if fast_path and self.is_plain_head and FastTrunk.supports(model) else None
 
     def new_cache(self, num_rows: int, capacity: int) -> KVCache:
         return KVCache(num_rows, capacity, self.device, self.dtype)
@@ -58,6 +61,8 @@ class ModelRunner:
     # ------------------------------------------------------------------ forwards
     def _last_hidden(self, cache: KVCache, input_ids: torch.Tensor, is_valid: torch.Tensor) -> torch.Tensor:
         positions, mask = cache.append_slots(is_valid)
+        if self.fast is not None:
+            return self.fast.last_hidden(input_ids, positions, mask, cache)
         out = self.trunk(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **{self._cache_arg: cache})
         return out.last_hidden_state[:, -1]  # (B, H) final-norm hidden state of the last column

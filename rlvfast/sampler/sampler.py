@@ -42,10 +42,12 @@ class Sampler:
 
     `verify_prompt`: the text after a solution (default `build_verify_prompt(tokenizer)`:
     the chat template's own verification turn, or the plain-model question).
-    `verify_ids`: its token ids, as fed after a solution.
+    `verify_ids`: its token ids, as fed after a solution. `fast_path`: Llama-family models
+    run through `FastTrunk` (fused q/k/v and gate/up matmuls); False: the HF trunk forward.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, verify_prompt: str | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, verify_prompt: str | None = None,
+                 fast_path: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.yes_id, self.no_id = yes_no_ids(tokenizer)
         self.eos_ids = eos_ids(model, tokenizer)
@@ -54,7 +56,7 @@ class Sampler:
         self.verify_ids: list[int] = tokenizer.encode(self.verify_prompt, add_special_tokens=False)
         if not self.verify_ids:
             raise ValueError(f"verify_prompt {self.verify_prompt!r} encodes to no tokens")
-        self.runner = ModelRunner(model, self.yes_id, self.no_id)
+        self.runner = ModelRunner(model, self.yes_id, self.no_id, fast_path=fast_path)
 
     # ------------------------------------------------------------------ token sequences
     def encode(self, prompt: Prompt) -> list[int]:

@@ -1,0 +1,119 @@
+"""`FastTrunk`: a lean forward of Llama-family decoder trunks (Llama, Mistral-less, Qwen2).
+
+The same math as the Hugging Face modules it reads (RMSNorm, rotary embedding, GQA
+attention through SDPA, SiLU-gated MLP) with two changes for small-batch decoding on a
+CPU: q/k/v and gate/up are each one matmul on weights concatenated once (7 matmuls per
+layer become 4), and there is no per-layer module dispatch, hooks or kwargs plumbing. On
+the tiny model a decode step is mostly such overhead (see NOTES.md). The fused weights are
+rebuilt when any source parameter changes (a training step bumps its version counter), so
+a model trained between generate() calls is never sampled with stale weights. Only the last
+position gets the final norm. Anything else (another architecture, a sliding window,
+q/k norms, a non-SiLU MLP) is refused by `FastTrunk.supports` and runs through the HF trunk.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_SUPPORTED = {"llama", "qwen2"}
+_LAYER_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # The HF LlamaRMSNorm math, op for op (float32 statistics).
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class FastTrunk:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.trunk = model.base_model
+        config = model.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self._weights: list[dict] = []
+        self._versions: tuple = ()
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        config, trunk = model.config, getattr(model, "base_model", None)
+        if getattr(config, "model_type", None) not in _SUPPORTED or trunk is model or trunk is None:
+            return False
+        if getattr(config, "hidden_act", None) != "silu" or getattr(config, "use_sliding_window", False):
+            return False
+        if getattr(config, "pretraining_tp", 1) != 1 or getattr(config, "mlp_bias", False):
+            return False
+        for layer in getattr(trunk, "layers", []):
+            attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+            if attn is None or mlp is None or any(not hasattr(attn, p) for p in _LAYER_PARTS):
+                return False
+            if any(not hasattr(mlp, p) for p in _MLP_PARTS) or hasattr(attn, "q_norm"):
+                return False
+            if getattr(attn.o_proj, "bias", None) is not None:
+                return False
+        return all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers"))
+
+    def _sources(self) -> list[torch.Tensor]:
+        return [p for p in self.trunk.parameters()]
+
+    def _refresh(self) -> None:
+        """(Re)builds the fused weights when a parameter changed since the last build."""
+        versions = tuple((p.data_ptr(), p._version) for p in self._sources())
+        if versions == self._versions:
+            return
+        self._weights = []
+        for layer in self.trunk.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv]).detach()
+            self._weights.append({
+                "qkv": torch.cat([m.weight for m in qkv]).detach(), "qkv_bias": bias,
+                "o": attn.o_proj.weight.detach(), "scaling": attn.scaling,
+                "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
+                "down": mlp.down_proj.weight.detach(),
+                "norm_in": (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon),
+                "norm_post": (layer.post_attention_layernorm.weight.detach(),
+                              layer.post_attention_layernorm.variance_epsilon),
+            })
+        self._versions = tuple((p.data_ptr(), p._version) for p in self._sources())
+
+    def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+        """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""
+        self._refresh()
+        rows, num_new = input_ids.shape
+        nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        rep = nh // nkv
+        h = self.trunk.embed_tokens(input_ids)  # (B, T, H)
+        cos, sin = self.trunk.rotary_emb(h, positions)  # (B, T, hd) each
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
+        for layer_idx, w in enumerate(self._weights):
+            x = _rms_norm(h, *w["norm_in"])
+            qkv = F.linear(x, w["qkv"], w["qkv_bias"])  # (B, T, (nh + 2 nkv) hd)
+            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q = _rotate(q.view(rows, num_new, nh, hd).transpose(1, 2), cos, sin)  # (B, nh, T, hd)
+            k = _rotate(k.view(rows, num_new, nkv, hd).transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
+            v = v.view(rows, num_new, nkv, hd).transpose(1, 2)
+            k, v = cache.update(k, v, layer_idx)  # (B, nkv, S, hd)
+            if num_new == 1 and rep > 1:  # decode: the rep query heads of a kv head as rep "tokens"
+                out = F.scaled_dot_product_attention(q.reshape(rows, nkv, rep, hd), k, v, attn_mask=mask,
+                                                     scale=w["scaling"])  # (B, nkv, rep, hd)
+                out = out.reshape(rows, 1, nh * hd)
+            else:
+                if rep > 1:
+                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=w["scaling"])  # (B, nh, T, hd)
+                out = out.transpose(1, 2).reshape(rows, num_new, nh * hd)
+            h = h + F.linear(out, w["o"])
+            x = _rms_norm(h, *w["norm_post"])
+            gate, up = F.linear(x, w["gate_up"]).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, w["down"])
+        norm = self.trunk.norm
+        return _rms_norm(h[:, -1], norm.weight, norm.variance_epsilon)  # (B, H)
