@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-problems", type=_positive_int, default=100, help="problems drawn for synthetic data")
     p.add_argument("--batch-problems", type=_positive_int, default=4, help="problems per generate call")
     p.add_argument("--trials", type=_positive_int, default=100, help="random subsets per k (all when fewer exist)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 is faster on a crowded CPU)")
     p.add_argument("--grade-timeout", type=_non_negative_float, default=5.0, help="seconds per grading")
     p.add_argument("--judge", action="store_true", help="also score every sample with the LLM-as-a-judge prompt")
     p.add_argument("--judge-max-tokens", type=_positive_int, default=512)
@@ -160,9 +162,11 @@ def load_eval_problems(args: argparse.Namespace) -> list[Problem]:
 
 
 def difficulty_of(problem: Problem) -> str | None:
-    for key in ("difficulty", "level"):
-        if problem.meta.get(key) is not None:
-            return str(problem.meta[key])
+    """The synthetic split name, or "level N" for MATH; None when the data set has neither."""
+    if problem.meta.get("difficulty") is not None:
+        return str(problem.meta["difficulty"])
+    if problem.meta.get("level") is not None:
+        return f"level {problem.meta['level']}"
     return None
 
 
@@ -338,6 +342,10 @@ def main(argv: list[str] | None = None) -> dict:
     done = read_samples(samples_path, args.n)
     pending = [p for p in problems if p.id not in done]
     start = time.perf_counter()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if pending:
         evaluator = Evaluator(args)
         try:
