@@ -40,7 +40,7 @@ JUDGE_PROMPT = ("Below is a math problem and a proposed solution. Grade the solu
                 "{solution}\n\nStep-by-step grading:")
 JUDGE_QUESTION = "Is the answer correct (Yes/No)?"
 # Settings a rerun must share with the samples already in OUT/ (the problem list may grow).
-RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", "judge",
+RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", "verify_prompt", "judge",
             "judge_max_tokens", "lengths")
 
 
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is faster on a crowded CPU)")
     p.add_argument("--grade-timeout", type=_non_negative_float, default=5.0, help="seconds per grading")
+    p.add_argument("--verify-prompt", default=None,
+                   help="text between a solution and P(Yes) (\\n for a newline); default: the one in the "
+                        "training run's summary.json beside the model directory, else the Sampler's default")
     p.add_argument("--judge", action="store_true", help="also score every sample with the LLM-as-a-judge prompt")
     p.add_argument("--judge-max-tokens", type=_positive_int, default=512)
     p.add_argument("--lengths", type=_lengths, default=None,
@@ -129,6 +132,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.lengths is not None:
         args.max_tokens = args.lengths[-1]
+    if args.verify_prompt is not None:
+        args.verify_prompt = args.verify_prompt.replace("\\n", "\n")
+        if not args.verify_prompt.strip():
+            parser.error(f"--verify-prompt {args.verify_prompt!r}: empty")
     if args.data.startswith("synthetic"):
         split = args.data.partition(":")[2] or "test"
         from rlvfast.synthetic import parse_difficulty
@@ -193,6 +200,23 @@ def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
     return complete
 
 
+def training_verify_prompt(model: str) -> str | None:
+    """The verification prompt a model was trained with: `rlvfast.train` writes RUN/final/ and
+    RUN/summary.json, whose config holds `verify_prompt` (None: the trainer's default, which
+    for the built-in tiny model is `TINY_VERIFY_PROMPT`). None when there is no such file."""
+    summary = Path(model).parent / "summary.json"
+    if not summary.is_file():
+        return None
+    config = json.loads(summary.read_text()).get("config", {})
+    if config.get("verify_prompt") is not None:
+        return config["verify_prompt"]
+    if config.get("model") == "tiny":
+        from rlvfast.train_config import TINY_VERIFY_PROMPT
+
+        return TINY_VERIFY_PROMPT
+    return None
+
+
 def check_run_config(out: Path, args: argparse.Namespace) -> None:
     """OUT/config.json records the settings; a rerun with different ones is refused."""
     config = {key: getattr(args, key) for key in RUN_KEYS}
@@ -217,7 +241,7 @@ class Evaluator:
 
         self.args = args
         self.model, self.tokenizer = load_model(args.model)
-        self.sampler = Sampler(self.model, self.tokenizer)
+        self.sampler = Sampler(self.model, self.tokenizer, verify_prompt=args.verify_prompt)
         self.grader = Grader(timeout=args.grade_timeout)
         self.params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
                                      top_p=args.top_p, seed=args.seed)
@@ -336,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.verify_prompt is None:
+        args.verify_prompt = training_verify_prompt(args.model)
     check_run_config(out, args)
     problems = load_eval_problems(args)
     samples_path = out / "samples.jsonl"

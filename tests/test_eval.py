@@ -206,3 +206,18 @@ def test_tiny_model_run_writes_every_output(tmp_path, tiny_model_dir):
     for name in ("accuracy_vs_k.png", "sequential.png"):
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 5000, name
+
+
+def test_verify_prompt_comes_from_the_training_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    assert rlv_eval.training_verify_prompt(str(run / "final")) is None  # no summary.json: Sampler default
+    (run / "summary.json").write_text(json.dumps({"config": {"model": "tiny", "verify_prompt": None}}))
+    from rlvfast.train_config import TINY_VERIFY_PROMPT
+
+    assert rlv_eval.training_verify_prompt(str(run / "final")) == TINY_VERIFY_PROMPT
+    (run / "summary.json").write_text(json.dumps({"config": {"model": "x", "verify_prompt": "\nOK?\n"}}))
+    assert rlv_eval.training_verify_prompt(str(run / "final")) == "\nOK?\n"
+    args = rlv_eval.parse_args(["--model", str(run), "--out", str(tmp_path), "--data", "synthetic",
+                                "--verify-prompt", "\\nRight?\\n"])
+    assert args.verify_prompt == "\nRight?\n"  # an escaped newline from the shell becomes a newline
