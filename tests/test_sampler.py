@@ -314,3 +314,30 @@ def test_greedy_equals_hf_generate_smollm2(smol_sampler):
         hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12)
         hf = hf[0, ids.shape[1]:].tolist()
         assert out.completions[0].token_ids == hf[:len(out.completions[0].token_ids)]
+
+
+# ---------------------------------------------------------------------------- another architecture
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_qwen2_with_qkv_bias_and_gqa(fast_path):
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from rlvfast.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    sampler = Sampler(model, tok, fast_path=fast_path)
+    assert (sampler.runner.fast is not None) == fast_path
+    outputs = sampler.generate(TINY_PROMPTS[:2], SamplingParams(n=4, max_tokens=16, seed=0))
+    torch.testing.assert_close(torch.tensor([[c.score for c in o.completions] for o in outputs]),
+                               torch.tensor(sampler.score(TINY_PROMPTS[:2], [o.completions for o in outputs])),
+                               atol=1e-4, rtol=0)
+    greedy = sampler.generate(TINY_PROMPTS[:2], SamplingParams(max_tokens=16, temperature=0), score=False)
+    for prompt, out in zip(TINY_PROMPTS[:2], greedy):
+        ids = torch.tensor([sampler.encode(prompt)])
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16)
+        assert out.completions[0].token_ids == hf[0, ids.shape[1]:].tolist()[:len(out.completions[0].token_ids)]

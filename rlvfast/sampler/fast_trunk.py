@@ -40,6 +40,7 @@ class FastTrunk:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self._weights: list[dict] = []
+        self._params = list(self.trunk.parameters())  # walked once: walking modules per step cost ~6% on tiny
         self._versions: tuple = ()
 
     @staticmethod
@@ -61,12 +62,9 @@ class FastTrunk:
                 return False
         return all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers"))
 
-    def _sources(self) -> list[torch.Tensor]:
-        return [p for p in self.trunk.parameters()]
-
     def _refresh(self) -> None:
         """(Re)builds the fused weights when a parameter changed since the last build."""
-        versions = tuple((p.data_ptr(), p._version) for p in self._sources())
+        versions = tuple((p.data_ptr(), p._version) for p in self._params)
         if versions == self._versions:
             return
         self._weights = []
@@ -83,7 +81,7 @@ class FastTrunk:
                 "norm_post": (layer.post_attention_layernorm.weight.detach(),
                               layer.post_attention_layernorm.variance_epsilon),
             })
-        self._versions = tuple((p.data_ptr(), p._version) for p in self._sources())
+        self._versions = versions
 
     def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""
