@@ -26,6 +26,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,65 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
             "old_logprob_abs_diff": totals["logprob_gap"] / max(1, num_tokens), "num_train_tokens": num_tokens}
 
 
+# ----------------------------------------------------------------------------- one step
+@dataclass(slots=True)
+class Run:
+    """What every step uses: the model and its helpers, built once by `train`."""
+    config: TrainConfig
+    model: torch.nn.Module
+    tokenizer: object
+    sampler: object
+    optimizer: torch.optim.Optimizer
+    grader: object
+    reward_fn: object
+    loss_config: LossConfig
+    ref_model: torch.nn.Module | None
+    device: torch.device
+
+
+def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
+    """Sample, grade, advantages, update: one RL^V step. Returns (metrics, update result)."""
+    from rlvfast import SamplingParams
+    from rlvfast.sampler.prompts import format_prompt
+
+    config, sampler = run.config, run.sampler
+    t0 = time.perf_counter()
+    prompts = [format_prompt(run.tokenizer, p.problem) for p in batch]
+    run.model.eval()
+    params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
+                            temperature=config.temperature, seed=step_seed(config.seed, step))
+    outputs = sampler.generate(prompts, params, score=True)  # P("Yes") of every sample, before the update
+    completions = [c for o in outputs for c in o.completions]
+    t1 = time.perf_counter()
+    rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
+    t2 = time.perf_counter()
+
+    advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
+    lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
+    token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
+    label_weights = verifier_label_weights(is_valid)  # (B,)
+    labels = verifier_labels(rewards, sampler.yes_id, sampler.no_id)
+    samples = [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
+                      float(token_weights[i]), labels[i], float(label_weights[i]))
+               for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]
+    run.model.train()
+    pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else sampler.eos_ids[0]
+    result = update(run.model, run.optimizer, samples, config, run.loss_config, sampler.verify_ids,
+                    sampler.eos_ids, pad_id, run.device, run.ref_model)
+    t3 = time.perf_counter()
+
+    metrics = {"step": step + 1, **_rollout_metrics(rewards, completions, config), **result}
+    metrics["verifier/accuracy"], metrics["verifier/balanced_accuracy"] = verifier_accuracy(
+        [c.score for c in completions], rewards)
+    metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
+                "time/grading": t2 - t1, "time/update": t3 - t2,
+                "tokens_per_second": int(lengths.sum()) / (t3 - t0)}
+    return metrics, result
+
+
 # ----------------------------------------------------------------------------- evaluation
-def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed: int) -> dict:
+def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed: int,
+             num_samples: int | None = None) -> dict:
     """pass@1, verifier metrics and voting at N = 1, 2, 4, ... eval_samples on held-out problems."""
     from rlvfast import SamplingParams
     from rlvfast.sampler.prompts import format_prompt
@@ -191,7 +249,8 @@ def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed
     from rlvfast.voting import normalize_answer
 
     prompts = [format_prompt(sampler.tokenizer, p.problem) for p in problems]
-    params = SamplingParams(n=config.eval_samples, max_tokens=config.max_new_tokens,
+    num_samples = num_samples or config.eval_samples
+    params = SamplingParams(n=num_samples, max_tokens=config.max_new_tokens,
                             temperature=config.temperature, seed=seed)
     outputs = sampler.generate(prompts, params, score=True)
     pools, scores, labels = [], [], []
@@ -207,7 +266,7 @@ def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed
     verifier = verifier_metrics(scores, labels)
     summary = {"pass@1": parallel["pass"]["1"], "verifier_balanced_accuracy": verifier["balanced_accuracy"],
                "verifier_accuracy": verifier["accuracy"], "verifier_auc": verifier["auc"],
-               "num_problems": len(problems), "num_samples": config.eval_samples}
+               "num_problems": len(problems), "num_samples": num_samples}
     for method, name in (("majority", "majority"), ("best_of_n", "best_of_n"), ("weighted", "weighted")):
         for k, value in parallel[method].items():
             summary[f"{name}@{k}"] = value
@@ -242,10 +301,9 @@ def _fmt(value) -> str:
 # ----------------------------------------------------------------------------- the run
 def train(config: TrainConfig, log=print) -> dict:
     """The whole run; returns the summary (also written to OUT/summary.json)."""
-    from rlvfast import Sampler, SamplingParams
+    from rlvfast import Sampler
     from rlvfast.grading import Grader
-    from rlvfast.models import eos_ids, load_model, yes_no_ids
-    from rlvfast.sampler.prompts import format_prompt
+    from rlvfast.models import load_model
 
     wall_start = time.perf_counter()
     device = pick_device(config.device)
@@ -270,9 +328,6 @@ def train(config: TrainConfig, log=print) -> dict:
         ref_model, _ = load_model(init_path, device=device)
         ref_model.requires_grad_(False)
     sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
-    yes_id, no_id = yes_no_ids(tokenizer)
-    eos = eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     loss_config = LossConfig(clip_low=config.clip_low, clip_high=config.clip_high, temperature=config.temperature,
                              verifier_coef=config.verifier_coef, kl_coef=config.kl_coef)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -293,7 +348,9 @@ def train(config: TrainConfig, log=print) -> dict:
         log(f"resuming from {resume_from} at step {start_step}")
     elif splits:
         t0 = time.perf_counter()
-        warm_eval = {s: evaluate(sampler, p, config, grader, seed=1) for s, p in splits.items()}
+        # only pass@1 of the starting point is reported: a few samples per problem suffice
+        warm_eval = {s: evaluate(sampler, p, config, grader, seed=1, num_samples=min(4, config.eval_samples))
+                     for s, p in splits.items()}
         log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
             ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
     metrics_path = out / "metrics.jsonl"
@@ -305,43 +362,14 @@ def train(config: TrainConfig, log=print) -> dict:
                 "num_bad_steps": num_bad, "warm_start_eval": warm_eval, "config": config.to_dict()}
 
     # ---- RL^V
+    run = Run(config, model, tokenizer, sampler, optimizer, grader, reward_fn, loss_config, ref_model, device)
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="RL^V",
                disable=None, file=sys.stderr)
     with open(metrics_path, "a") as metrics_file:
         for step in bar:
-            t0 = time.perf_counter()
             batch = problems_for_step(problems, step, config.prompts_per_step, config.seed)
-            prompts = [format_prompt(tokenizer, p.problem) for p in batch]
-            model.eval()
-            params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
-                                    temperature=config.temperature, seed=step_seed(config.seed, step))
-            outputs = sampler.generate(prompts, params, score=True)
-            completions = [c for o in outputs for c in o.completions]
-            t1 = time.perf_counter()
-            rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, grader, reward_fn)
-            t2 = time.perf_counter()
-
-            advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
-            lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
-            token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
-            label_weights = verifier_label_weights(is_valid)  # (B,)
-            labels = verifier_labels(rewards, yes_id, no_id)
-            samples = [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
-                              float(token_weights[i]), labels[i], float(label_weights[i]))
-                       for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]
-            model.train()
-            result = update(model, optimizer, samples, config, loss_config, sampler.verify_ids, eos, pad_id,
-                            device, ref_model)
-            t3 = time.perf_counter()
-
-            metrics = {"step": step + 1, **_rollout_metrics(rewards, completions, config),
-                       **{k: v for k, v in result.items()}}
-            metrics["verifier/accuracy"], metrics["verifier/balanced_accuracy"] = verifier_accuracy(
-                [c.score for c in completions], rewards)
-            metrics |= {"lr": scheduler.get_last_lr()[0], "grader/timeouts": num_timeouts,
-                        "grader/errors": num_errors, "time/sampling": t1 - t0, "time/grading": t2 - t1,
-                        "time/update": t3 - t2,
-                        "tokens_per_second": int(lengths.sum()) / (t3 - t0)}
+            metrics, result = rl_step(run, batch, step)
+            metrics["lr"] = scheduler.get_last_lr()[0]
             if result["skipped"]:
                 num_bad += 1
                 log(f"step {step + 1}: non-finite loss {result['loss']} or grad norm {result['grad_norm']}: "
@@ -352,7 +380,7 @@ def train(config: TrainConfig, log=print) -> dict:
             metrics["num_bad_steps"] = num_bad
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}",
+            bar.set_postfix(reward=_fmt(metrics["reward"]),
                             vacc=_fmt(metrics["verifier/balanced_accuracy"]), refresh=False)
             if num_bad >= config.max_bad_steps:
                 last = ckpt.read_marker(out)
