@@ -32,7 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlvfast.data import Problem
-from rlvfast.scaling import Budget, Pool, format_report, summarize
+from rlvfast.scaling import Budget, Pool, efficiency, format_report, summarize
 from rlvfast.voting import normalize_answer
 
 JUDGE_PROMPT = ("Below is a math problem and a proposed solution. Grade the solution step by step: "
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed")
     p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first K problems")
     p.add_argument("--num-problems", type=_positive_int, default=100, help="problems drawn for synthetic data")
-    p.add_argument("--batch-problems", type=_positive_int, default=4, help="problems per generate call")
+    p.add_argument("--batch-problems", type=_positive_int, default=None,
+                   help="problems per generate call (default: max(1, 64 // n), i.e. about 64 samples at once)")
     p.add_argument("--trials", type=_positive_int, default=100, help="random subsets per k (all when fewer exist)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is faster on a crowded CPU)")
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-prompt", default=None,
                    help="text between a solution and P(Yes) (\\n for a newline); default: the one in the "
                         "training run's summary.json beside the model directory, else the Sampler's default")
+    p.add_argument("--baseline", default=None,
+                   help="--out of another eval on the same problems and n (e.g. the base method): adds this "
+                        "run's weighted@k against the baseline's majority@k (efficiency) and a joint plot")
     p.add_argument("--judge", action="store_true", help="also score every sample with the LLM-as-a-judge prompt")
     p.add_argument("--judge-max-tokens", type=_positive_int, default=512)
     p.add_argument("--lengths", type=_lengths, default=None,
@@ -132,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.lengths is not None:
         args.max_tokens = args.lengths[-1]
+    if args.batch_problems is None:
+        args.batch_problems = max(1, 64 // args.n)
     if args.verify_prompt is not None:
         args.verify_prompt = args.verify_prompt.replace("\\n", "\n")
         if not args.verify_prompt.strip():
@@ -146,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--data {args.data!r}: {err}")
     elif not os.path.isfile(args.data):
         parser.error(f"--data {args.data!r}: no such file (or use synthetic[:split])")
+    if args.baseline is not None and not os.path.isfile(os.path.join(args.baseline, "results.json")):
+        parser.error(f"--baseline {args.baseline!r}: no results.json there (run the baseline's eval first)")
     if not os.path.exists(args.model) and os.path.sep in args.model:
         parser.error(f"--model {args.model!r}: no such file or directory")
     return args
@@ -339,6 +347,23 @@ def pool_from_records(records: list[dict]) -> Pool:
                 difficulty=records[0]["difficulty"], judge_scores=judge, budgets=budgets)
 
 
+def compare_with_baseline(results: dict, baseline_dir: str) -> dict:
+    """This run's weighted voting against the baseline run's majority voting (and both curves)."""
+    base = json.loads((Path(baseline_dir) / "results.json").read_text())
+    if (base["n"], base["num_problems"]) != (results["n"], results["num_problems"]):
+        raise SystemExit(f"--baseline {baseline_dir!r} has {base['num_problems']} problems x n={base['n']}, "
+                         f"this run {results['num_problems']} x n={results['n']}: not comparable")
+
+    def versus(ours: dict, theirs: dict) -> list[dict]:
+        joint = {"majority": theirs["parallel"]["majority"], "weighted": ours["parallel"]["weighted"]}
+        return efficiency(joint, ours["n"])
+
+    return {"baseline": str(baseline_dir), "baseline_parallel": base["parallel"],
+            "efficiency": versus(results, base),
+            "by_difficulty": {d: versus(block, base["by_difficulty"][d])
+                              for d, block in results["by_difficulty"].items() if d in base.get("by_difficulty", {})}}
+
+
 def write_outputs(out: Path, results: dict) -> list[Path]:
     from rlvfast.plots import plot_parallel, plot_sequential
 
@@ -350,6 +375,12 @@ def write_outputs(out: Path, results: dict) -> list[Path]:
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
             plots.append(plot_parallel(block["parallel"], out / f"accuracy_vs_k_{safe}.png",
                                        f"difficulty {name}: {block['num_problems']} problems, n={block['n']}"))
+    if "vs_baseline" in results:
+        base = results["vs_baseline"]["baseline_parallel"]
+        curves = {"weighted": results["parallel"]["weighted"], "majority": results["parallel"]["majority"],
+                  "baseline weighted": base["weighted"], "baseline majority": base["majority"]}
+        plots.append(plot_parallel(curves, out / "accuracy_vs_k_vs_baseline.png",
+                                   f"this run against {Path(results['vs_baseline']['baseline']).name}"))
     if "sequential" in results:
         plots.append(plot_sequential(results["sequential"], out / "sequential.png"))
     return plots
@@ -392,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
     results["config"] = {key: getattr(args, key) for key in RUN_KEYS} | {"limit": args.limit}
     results["num_resumed"] = len(problems) - len(pending)
     results["sampling_seconds"] = time.perf_counter() - start
+    if args.baseline is not None:
+        results["vs_baseline"] = compare_with_baseline(results, args.baseline)
     write_outputs(out, results)
     print(format_report(results))
     return results

@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 _STYLE = {"pass": ("pass@k", "k:", "o"), "majority": ("majority", "C0-", "s"),
           "best_of_n": ("best-of-n (verifier)", "C2--", "^"), "weighted": ("weighted (verifier)", "C3-", "D"),
           "judge_best_of_n": ("best-of-n (LLM judge)", "C4--", "v"),
-          "judge_weighted": ("weighted (LLM judge)", "C1-", "P")}
+          "judge_weighted": ("weighted (LLM judge)", "C1-", "P"),
+          "baseline majority": ("baseline: majority", "C0:", "s"),
+          "baseline weighted": ("baseline: weighted", "C3:", "D")}
 
 
 def plot_parallel(parallel: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> Path:

@@ -259,6 +259,9 @@ def _format_block(block: dict, title: str) -> str:
         if key in block:
             lines.append(f"{'efficiency':>16}: majority k'/k to match {label}@k: "
                          + "  ".join(f"k={r['k']}: {r['ratio_text']}x" for r in block[key]))
+    if "vs_baseline" in block:
+        lines.append(f"{'vs baseline':>16}: baseline majority k'/k to match this weighted@k: "
+                     + "  ".join(f"k={r['k']}: {r['ratio_text']}x" for r in block["vs_baseline"]["efficiency"]))
     for key in ("verifier", "judge"):
         if key in block:
             v = block[key]

@@ -221,3 +221,19 @@ def test_verify_prompt_comes_from_the_training_run(tmp_path):
     args = rlv_eval.parse_args(["--model", str(run), "--out", str(tmp_path), "--data", "synthetic",
                                 "--verify-prompt", "\\nRight?\\n"])
     assert args.verify_prompt == "\nRight?\n"  # an escaped newline from the shell becomes a newline
+
+
+def test_baseline_comparison(tmp_path, tiny_model_dir, scripted):
+    common = ("--data", "synthetic:test", "--num-problems", "3", "--n", "4")
+    base, base_out = _run(tmp_path, tiny_model_dir, *common, "--seed", "1", out="base")
+    ours, out = _run(tmp_path, tiny_model_dir, *common, "--seed", "2", "--baseline", str(base_out))
+    rows = ours["vs_baseline"]["efficiency"]
+    for row in rows:  # smallest k' on the grid with baseline majority@k' >= our weighted@k
+        reach = [k for k in (1, 2, 4) if base["parallel"]["majority"][str(k)] >= ours["parallel"]["weighted"][str(row["k"])]]
+        assert row["baseline_k"] == (reach[0] if reach else None)
+    assert ours["vs_baseline"]["baseline_parallel"] == base["parallel"]
+    data = (out / "accuracy_vs_k_vs_baseline.png").read_bytes()
+    assert data[:8] == PNG and len(data) > 5000
+    with pytest.raises(SystemExit, match="not comparable"):
+        _run(tmp_path, tiny_model_dir, "--data", "synthetic:test", "--num-problems", "2", "--n", "4",
+             "--baseline", str(base_out), out="other")
