@@ -261,6 +261,21 @@ def test_fast_trunk_matches_hf_trunk_and_follows_weight_updates(tiny_model):
                                torch.tensor([c.score for c in all_completions(reference)]), atol=1e-4, rtol=0)
 
 
+def test_runner_works_outside_inference_mode_after_generate(tiny_model):
+    # Regression: fused weights built inside generate()'s inference mode were inference
+    # tensors, and a later prefill with grad enabled raised.
+    sampler = Sampler(*tiny_model)
+    sampler.generate(TINY_PROMPTS[:1], SamplingParams(max_tokens=2))
+    ids = sampler.encode(TINY_PROMPTS[0])
+    cache, logits = sampler.runner.prefill([ids], capacity=0)
+    copied = cache.copy_rows(torch.zeros(2, dtype=torch.long), capacity=cache.length + 1)
+    step = sampler.runner.decode_step(copied, logits.argmax(-1).repeat(2))
+    with torch.no_grad():
+        expected = sampler.model(torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(logits[0], expected, atol=1e-4, rtol=0)
+    assert step.shape == (2, logits.shape[-1]) and torch.isfinite(step).all()
+
+
 # ---------------------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
 def smol_sampler(smollm2):

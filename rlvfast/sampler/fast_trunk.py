@@ -67,21 +67,23 @@ class FastTrunk:
         versions = tuple((p.data_ptr(), p._version) for p in self._params)
         if versions == self._versions:
             return
-        self._weights = []
-        for layer in self.trunk.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-            bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv]).detach()
-            self._weights.append({
-                "qkv": torch.cat([m.weight for m in qkv]).detach(), "qkv_bias": bias,
-                "o": attn.o_proj.weight.detach(), "scaling": attn.scaling,
-                "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(),
-                "down": mlp.down_proj.weight.detach(),
-                "norm_in": (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon),
-                "norm_post": (layer.post_attention_layernorm.weight.detach(),
-                              layer.post_attention_layernorm.variance_epsilon),
-            })
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode
+            self._weights = [self._fuse(layer) for layer in self.trunk.layers]
         self._versions = versions
+
+    @staticmethod
+    def _fuse(layer: torch.nn.Module) -> dict:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        return {
+            "qkv": torch.cat([m.weight for m in qkv]), "o": attn.o_proj.weight.detach(),
+            "qkv_bias": None if qkv[0].bias is None else torch.cat([m.bias for m in qkv]),
+            "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), "down": mlp.down_proj.weight.detach(),
+            "scaling": attn.scaling,
+            "norm_in": (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon),
+            "norm_post": (layer.post_attention_layernorm.weight.detach(),
+                          layer.post_attention_layernorm.variance_epsilon),
+        }
 
     def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""

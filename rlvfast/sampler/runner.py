@@ -89,6 +89,7 @@ class ModelRunner:
         return verifier_scores(hidden, self.head_weight, self.yes_id, self.no_id)
 
     # ------------------------------------------------------------------ the sampler's phases
+    @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[KVCache, torch.Tensor]:
         """Left-padded prompts -> (cache of len(prompts) rows, next-token logits (P, V))."""
         width = max(len(p) for p in prompts)
@@ -100,11 +101,13 @@ class ModelRunner:
         cache = self.new_cache(len(prompts), max(capacity, width))
         return cache, self.logits(cache, input_ids, is_valid)
 
+    @torch.inference_mode()
     def decode_step(self, cache: KVCache, token_ids: torch.Tensor) -> torch.Tensor:
         """token_ids (B,) -> next-token logits (B, V)."""
         is_valid = torch.ones(token_ids.shape[0], 1, dtype=torch.bool, device=self.device)
         return self.logits(cache, token_ids[:, None], is_valid)
 
+    @torch.inference_mode()
     def verify(self, cache: KVCache, last_token_ids: list[int | None], verify_ids: list[int]) -> torch.Tensor:
         """Feeds [last token (None: an EOS, left out), verify ids] through `cache` -> P("Yes") (B,)."""
         if all(t is None for t in last_token_ids):  # every row ended on EOS: no leading slot
