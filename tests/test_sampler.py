@@ -112,6 +112,19 @@ def test_stop_strings_cut_text_and_are_scored(tiny_sampler):
     torch.testing.assert_close(torch.tensor(got), torch.tensor(reference), atol=1e-4, rtol=0)
 
 
+def test_ignore_eos_runs_to_max_tokens_and_a_final_eos_is_still_left_out(tiny_sampler, monkeypatch):
+    eos = tiny_sampler.tokenizer.eos_token_id
+    force_eos(monkeypatch, eos, rate=0.4)
+    outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=4, max_tokens=6, seed=0, ignore_eos=True),
+                                    progress=True)
+    completions = all_completions(outputs)
+    assert all(len(c.token_ids) == 6 and c.finish_reason == "length" for c in completions)
+    assert any(c.token_ids[-1] == eos for c in completions) and any(eos in c.token_ids[:-1] for c in completions)
+    reference = tiny_sampler.score(TINY_PROMPTS, [out.completions for out in outputs])
+    torch.testing.assert_close(torch.tensor([[c.score for c in o.completions] for o in outputs]),
+                               torch.tensor(reference), atol=1e-4, rtol=0)
+
+
 def test_greedy_equals_hf_generate_per_prompt(tiny_sampler):
     model, tok = tiny_sampler.model, tiny_sampler.tokenizer
     outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=2, max_tokens=30, temperature=0), score=False)

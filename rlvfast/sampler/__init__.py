@@ -4,8 +4,9 @@
 `RequestOutput` per prompt with n `Completion`s, each scored with P("Yes") read through
 its own KV cache as it ends. Files, one noun each: params (SamplingParams), outputs
 (Completion, RequestOutput), sequence (per-sample state), kv_cache (KVCache), runner
-(ModelRunner: prefill / decode_step / verify), sampling (sample_tokens), prompts
-(format_prompt, build_verify_prompt), sampler (Sampler: the loop and the reference score).
+(ModelRunner: prefill / decode_step / verify), fast_trunk (FastTrunk: a lean Llama/Qwen2
+forward), sampling (sample_tokens), prompts (format_prompt, build_verify_prompt), reference
+(reencoded_scores), sampler (Sampler: the loop, `score`).
 """
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams

@@ -12,8 +12,8 @@ EOS, which is left out of the verified solution (see `verification_ids`). A row'
 is released when it is verified. `score` is the reference: the same token sequence encoded
 from scratch.
 
-Not here: the forwards (runner.py), the cache layout (kv_cache.py), sampling math
-(sampling.py), prompt texts (prompts.py).
+Not here: the forwards (runner.py, fast_trunk.py), the cache layout (kv_cache.py),
+sampling math (sampling.py), prompt texts (prompts.py), the re-encoding (reference.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from rlvfast.sampler.kv_cache import KVCache
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
 from rlvfast.sampler.prompts import build_verify_prompt, encode_prompt
-from rlvfast.sampler.runner import ModelRunner, verifier_scores
+from rlvfast.sampler.reference import reencoded_scores
+from rlvfast.sampler.runner import ModelRunner
 from rlvfast.sampler.sampling import sample_tokens
 from rlvfast.sampler.sequence import Sequence
 
@@ -140,13 +141,15 @@ class Sampler:
             seq = seqs[row_seq[row]]
             seq.append(token, logprob)
             if token in self._eos_set and not params.ignore_eos:
-                seq.finish("stop", token, ends_with_eos=True)
+                reason, stop_reason = "stop", token
             elif params.stop and (hit := self._stop_string_hit(seq.token_ids, params.stop)) is not None:
-                seq.finish("stop", hit)
+                reason, stop_reason = "stop", hit
             elif seq.num_completion_tokens >= params.max_tokens:
-                seq.finish("length")
+                reason, stop_reason = "length", None
             else:
                 continue
+            # the same rule as solution_ids(): a final EOS id (even one sampled under ignore_eos) is left out
+            seq.finish(reason, stop_reason, ends_with_eos=token in self._eos_set)
             ended.append(row)
         return ended
 
@@ -185,27 +188,12 @@ class Sampler:
         self._check_lengths(rows, 0)
         flat: list[float] = []
         for start in range(0, len(rows), batch_size):
-            flat.extend(self._score_rows(rows[start:start + batch_size]).tolist())
+            flat.extend(reencoded_scores(self.runner, rows[start:start + batch_size]).tolist())
         out, k = [], 0
         for group in completions:
             out.append(flat[k:k + len(group)])
             k += len(group)
         return out
-
-    def _score_rows(self, rows: list[list[int]]) -> torch.Tensor:
-        device, width = self.runner.device, max(len(r) for r in rows)
-        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # right padding
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            input_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
-        last = torch.tensor([len(r) - 1 for r in rows], device=device)  # (B,)
-        batch = torch.arange(len(rows), device=device)
-        if not self.runner.is_plain_head:
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[batch, last].float()  # (B, V)
-            return torch.softmax(logits, dim=-1)[:, self.yes_id]
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-        return verifier_scores(hidden[batch, last], self.runner.head_weight, self.yes_id, self.no_id)
 
     def _completion_ids(self, completion: Completion | str | list[int]) -> list[int]:
         if isinstance(completion, Completion):
@@ -242,8 +230,7 @@ class Sampler:
         extract = _answer_extractor()
         outputs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, prompt_ids)]
         for seq in seqs:
-            text = self.tokenizer.decode(self.solution_ids(seq.token_ids) if seq.ends_with_eos else seq.token_ids,
-                                         skip_special_tokens=True)
+            text = self.tokenizer.decode(seq.solution_ids, skip_special_tokens=True)
             if isinstance(seq.stop_reason, str):
                 text = text[:text.find(seq.stop_reason)] if seq.stop_reason in text else text
             outputs[seq.prompt_index].completions.append(Completion(
