@@ -62,6 +62,22 @@ def test_sampling_params_defaults_follow_vllm():
     assert SamplingParams(temperature=0).is_greedy and SamplingParams(stop=("a",)).stop == ["a"]
 
 
+@pytest.mark.parametrize("top_k,top_p,kept", [(0, 0.7, [0, 1]), (0, 0.79, [0, 1]), (0, 0.81, [0, 1, 2]),
+                                               (3, 1.0, [0, 1, 2]), (1, 1.0, [0]), (3, 0.6, [0, 1])])
+def test_sample_tokens_top_k_top_p_and_their_logprobs(top_k, top_p, kept):
+    from rlvfast.sampler.sampling import sample_tokens
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)  # (4000, 4)
+    params = SamplingParams(top_k=top_k, top_p=top_p, temperature=1.0)
+    tokens, logprobs = sample_tokens(logits, params, torch.Generator().manual_seed(0))
+    assert sorted(set(tokens.tolist())) == kept  # every kept token drawn, no other
+    expected = (probs / probs[kept].sum()).log()[tokens]
+    torch.testing.assert_close(logprobs, expected, atol=1e-6, rtol=0)
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    torch.testing.assert_close(freq[kept], probs[kept] / probs[kept].sum(), atol=0.03, rtol=0)
+
+
 # ---------------------------------------------------------------------------- tiny model
 @pytest.fixture(scope="module", params=[True, False], ids=["fast_trunk", "hf_trunk"])
 def tiny_sampler(tiny_model, request):
