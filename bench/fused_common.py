@@ -54,13 +54,28 @@ def lm_head_inputs(shape: Shape, seed: int = 0) -> dict[str, torch.Tensor]:
     hidden = torch.randn(shape.n, shape.h, generator=g)  # (N, H)
     weight = torch.randn(shape.v, shape.h, generator=g) / shape.h ** 0.5  # (V, H)
     targets = torch.randint(0, shape.v, (shape.n,), generator=g)  # (N,)
-    # old log-probs near the current ones (ratios ~ exp(N(0, 0.1^2))): some tokens clip
-    old_logprobs = torch.full((shape.n,), -torch.log(torch.tensor(float(shape.v))).item() - 0.5)
-    old_logprobs += 0.1 * torch.randn(shape.n, generator=g)
+    # old log-probs = current ones + N(0, 0.1^2): ratios near 1 as in an RL update, a few
+    # percent outside the clip band (so the fused kernel cannot win by skipping rows)
+    old_logprobs = _current_logprobs(hidden, weight, targets) + 0.1 * torch.randn(shape.n, generator=g)
     advantages = torch.randn(shape.n, generator=g)
     weights = torch.ones(shape.n) / shape.n
     return dict(hidden=hidden, weight=weight, targets=targets, old_logprobs=old_logprobs,
                 advantages=advantages, weights=weights)
+
+
+def _current_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-probs of the targets, cached on disk per input (minutes at the target shape)."""
+    from rlvfast.ops import reference
+    key = f"{hidden.shape[0]}_{hidden.shape[1]}_{weight.shape[0]}_{hidden[0, 0].item():.6f}"
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "rlvfast_bench_cache" / f"logprobs_{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    with torch.no_grad():
+        logprobs = torch.cat([reference.token_logprobs(hidden[i:i + 256], weight, targets[i:i + 256])[0]
+                              for i in range(0, hidden.shape[0], 256)])  # (N,), 256 rows at a time
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(logprobs, path)
+    return logprobs
 
 
 def mem_available_bytes() -> int:

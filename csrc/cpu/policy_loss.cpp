@@ -10,9 +10,12 @@
 // grad_hidden's chunk = G @ W and GEMM 3 accumulates grad_weight += G^T @ H_chunk.
 // Three GEMMs in all, like the plain way, and never an [N, V] tensor. The backward
 // (policy_loss_bwd) only scales the saved gradients by the upstream scalar and casts to
-// the input dtypes. Rows with zero gradient (weight 0, or clipped) are zero-filled.
+// the input dtypes. Rows with zero gradient (weight 0, or clipped) skip the softmax pass
+// and are compacted out of GEMMs 2 and 3.
 // Float32 accumulation (grad_weight included) for bf16/fp16 inputs.
 #include <torch/library.h>
+
+#include <vector>
 
 #include "fused_lm_head.h"
 
@@ -36,6 +39,33 @@ inline std::pair<double, double> clipped_loss_and_grad(double lp, double old_lp,
   const bool in_band = ratio >= band.low && ratio <= band.high;
   const double grad = (unclipped_term < clipped_term || in_band) ? -unclipped_term : 0.0;
   return {loss, grad};
+}
+
+// GEMMs 2 and 3 of a chunk, over the rows with a gradient only: masked-out (weight 0) and
+// clipped tokens have G = 0, so they are compacted out of the [rows, V] buffer first
+// (moving live rows to the front; a pure-padding chunk skips both GEMMs).
+void grad_gemms(at::Tensor& grads, const at::Tensor& hidden_chunk, const at::Tensor& weight,
+                const std::vector<char>& has_grad, at::Tensor grad_hidden_chunk, at::Tensor grad_weight) {
+  const int64_t rows = grads.size(0), vocab = grads.size(1);
+  std::vector<int64_t> live;
+  for (int64_t r = 0; r < rows; ++r) if (has_grad[r]) live.push_back(r);
+  const int64_t num_live = static_cast<int64_t>(live.size());
+  if (num_live == rows) {  // the common case: no copies
+    if (grad_hidden_chunk.defined()) at::mm_out(grad_hidden_chunk, grads, weight);  // (rows, H)
+    if (grad_weight.defined()) grad_weight.addmm_(grads.t(), hidden_chunk);          // (V, H)
+    return;
+  }
+  if (grad_hidden_chunk.defined()) grad_hidden_chunk.zero_();
+  if (num_live == 0) return;
+  const int64_t row_bytes = vocab * static_cast<int64_t>(grads.element_size());
+  char* base = static_cast<char*>(grads.data_ptr());
+  for (int64_t k = 0; k < num_live; ++k) {  // live[k] >= k: each move goes to a free row
+    if (live[k] != k) std::memcpy(base + k * row_bytes, base + live[k] * row_bytes, row_bytes);
+  }
+  const auto index = at::tensor(live, at::kLong);
+  const auto live_grads = grads.narrow(0, 0, num_live);  // (live, V)
+  if (grad_hidden_chunk.defined()) grad_hidden_chunk.index_copy_(0, index, at::mm(live_grads, weight));
+  if (grad_weight.defined()) grad_weight.addmm_(live_grads.t(), hidden_chunk.index_select(0, index));
 }
 
 }  // namespace
@@ -73,6 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
   auto buf = at::empty({chunk * vocab}, h.options());
   const double inv_t = 1.0 / temperature;
   const ClipBand band{1.0 - clip_low, 1.0 + clip_high};
+  std::vector<char> has_grad(chunk);  // per row of the chunk: nonzero d loss / d lp
   const int64_t* tp = t.data_ptr<int64_t>();
   const double* oldp = old_d.data_ptr<double>();
   const double* advp = adv_d.data_ptr<double>();
@@ -93,11 +124,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
           lp_out[i] = static_cast<scalar_t>(lp);
           const auto [loss, grad] = clipped_loss_and_grad(lp, oldp[i], advp[i], band);
           lossp[i] = wtp[i] * loss;
-          if (need_grad) row_logit_grad(z, vocab, tp[i], inv_t, lse, wtp[i] * grad, 0.0);
+          const double g_lp = wtp[i] * grad;
+          has_grad[r] = g_lp != 0.0;
+          if (need_grad && has_grad[r]) row_logit_grad(z, vocab, tp[i], inv_t, lse, g_lp, 0.0);
         }
       });
-      if (need_grad_hidden) { auto out = grad_h.narrow(0, start, rows); at::mm_out(out, logits, w); }  // (rows, H)
-      if (need_grad_weight) grad_w.addmm_(logits.t(), h.narrow(0, start, rows));  // (V, H)
+      if (need_grad) grad_gemms(logits, h.narrow(0, start, rows), w, has_grad,
+                                need_grad_hidden ? grad_h.narrow(0, start, rows) : at::Tensor(),
+                                need_grad_weight ? grad_w : at::Tensor());
     }
   });
   auto loss = token_loss.sum().to(ct);  // () summed in double, in token order
