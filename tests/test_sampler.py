@@ -141,6 +141,22 @@ def test_ignore_eos_runs_to_max_tokens_and_a_final_eos_is_still_left_out(tiny_sa
                                torch.tensor(reference), atol=1e-4, rtol=0)
 
 
+def test_cache_that_grows_gives_the_same_samples_and_scores(tiny_sampler, monkeypatch):
+    params = SamplingParams(n=4, max_tokens=20, seed=9)
+    preallocated = all_completions(tiny_sampler.generate(TINY_PROMPTS, params))
+    from rlvfast.sampler.kv_cache import KVCache
+
+    monkeypatch.setattr(sampler_module, "INITIAL_DECODE_COLUMNS", 2)  # room for 2 tokens: must grow
+    growths, real_grow = [], KVCache._grow
+    monkeypatch.setattr(KVCache, "_grow", lambda self, capacity: growths.append(capacity) or real_grow(self, capacity))
+    grown = all_completions(tiny_sampler.generate(TINY_PROMPTS, params))
+    assert growths
+    assert [c.token_ids for c in grown] == [c.token_ids for c in preallocated]
+    torch.testing.assert_close(torch.tensor([c.score for c in grown]), torch.tensor([c.score for c in preallocated]),
+                               atol=1e-5, rtol=0)
+    assert max(len(c.token_ids) for c in grown) > 10
+
+
 def test_greedy_equals_hf_generate_per_prompt(tiny_sampler):
     model, tok = tiny_sampler.model, tiny_sampler.tokenizer
     outputs = tiny_sampler.generate(TINY_PROMPTS, SamplingParams(n=2, max_tokens=30, temperature=0), score=False)

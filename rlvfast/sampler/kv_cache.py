@@ -9,8 +9,8 @@ pad id may equal EOS). It speaks the one method of the Hugging Face cache protoc
 attention layers call, `update(key, value, layer_idx)`, so any HF decoder can write into it.
 
 Rows leave by swap-remove (the last live rows fill the holes: a few rows copied, not the
-whole cache) and the storage shrinks once half of it is dead, so memory follows the live
-batch. Not here: what to run (runner.py) or when (sampler.py).
+whole cache) and the storage shrinks once half of it is dead; columns grow by doubling when
+a forward needs more. So memory follows the live batch and its longest sample. Not here: what to run (runner.py) or when (sampler.py).
 """
 from __future__ import annotations
 
@@ -55,9 +55,10 @@ class KVCache:
         position_ids (B, T) and additive attention mask (B, 1, T, length + T)."""
         rows, num_new = is_valid_new.shape
         start, end = self.length, self.length + num_new
-        if rows != self.num_rows or end > self.capacity:
-            raise RuntimeError(f"KVCache: forward of {rows} rows x {num_new} tokens does not fit "
-                               f"{self.num_rows} rows x {self.capacity - self.length} free columns")
+        if rows != self.num_rows:
+            raise RuntimeError(f"KVCache: a forward of {rows} rows on a cache of {self.num_rows} live rows")
+        if end > self.capacity:
+            self._grow(max(end, 2 * self.capacity))
         positions = self.next_position[:rows, None] + is_valid_new.cumsum(1) - 1  # (B, T)
         positions.clamp_(min=0)  # pad slots: any position, they are masked out
         self.next_position[:rows] += is_valid_new.sum(1)
@@ -138,6 +139,19 @@ class KVCache:
         if 0 < new_count <= self.is_valid.shape[0] // 2:  # free the dead half
             self._shrink_storage()
         return order[:new_count]
+
+    def _grow(self, capacity: int) -> None:
+        """More columns (amortized doubling): storage follows the longest live sample, not
+        the longest possible one."""
+        self.capacity = capacity
+        valid = self.is_valid.new_zeros((self.is_valid.shape[0], capacity))
+        valid[:, :self.length] = self.is_valid[:, :self.length]
+        self.is_valid = valid
+        for store in (self.keys, self.values):
+            for i, layer in enumerate(store):
+                fresh = layer.new_zeros((layer.shape[0], layer.shape[1], capacity, layer.shape[3]))
+                fresh[:, :, :self.length] = layer[:, :, :self.length]
+                store[i] = fresh
 
     def _shrink_storage(self) -> None:
         n = self.num_rows

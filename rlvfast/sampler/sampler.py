@@ -36,6 +36,7 @@ Prompt = str | list[int]
 # in one forward: on the tiny model 24 one-by-one verify forwards of 4x8 samples took 0.70 s,
 # 32% of the generation time, mostly per-forward overhead (see NOTES.md).
 VERIFY_FLUSH_FRACTION = 0.25
+INITIAL_DECODE_COLUMNS = 256  # KV columns reserved per sample at first; more when needed
 
 
 class Sampler:
@@ -102,8 +103,10 @@ class Sampler:
         n, runner = params.n, self.runner
         cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
         share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
-        # The last token of a max-length sample is never written, hence max_tokens - 1 columns.
-        cache = cache.copy_rows(share, capacity=cache.length + params.max_tokens - 1 or 1)
+        # Room for INITIAL_DECODE_COLUMNS new tokens; the cache doubles its columns if samples
+        # run longer (the last token of a max-length sample is never written: max_tokens - 1).
+        columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS))
+        cache = cache.copy_rows(share, capacity=cache.length + columns)
         logits = logits[share]  # (P*n, V)
         seqs = [Sequence(i, i // n, len(prompt_ids[i // n])) for i in range(len(share))]
         row_seq = list(range(len(seqs)))  # the sequence in each live row
