@@ -306,6 +306,24 @@ def test_fast_trunk_matches_hf_trunk_and_follows_weight_updates(tiny_model):
                                torch.tensor([c.score for c in all_completions(reference)]), atol=1e-4, rtol=0)
 
 
+def test_head_with_a_logit_transform_falls_back_to_the_model_forward(tiny_model):
+    # A config field such as logit_scale makes the runner use the model's own forward
+    # (logits_to_keep=1) instead of hidden @ W; Llama ignores the field, so the samples and
+    # scores must equal the plain path's.
+    model, tok = copy.deepcopy(tiny_model[0]), tiny_model[1]
+    plain = Sampler(model, tok)
+    model.config.logit_scale = 0.5
+    fallback = Sampler(model, tok)
+    assert plain.runner.is_plain_head and not fallback.runner.is_plain_head and fallback.runner.fast is None
+    params = SamplingParams(n=3, max_tokens=12, seed=2)
+    a, b = plain.generate(TINY_PROMPTS, params), fallback.generate(TINY_PROMPTS, params)
+    assert [c.token_ids for c in all_completions(a)] == [c.token_ids for c in all_completions(b)]
+    scores = torch.tensor([c.score for c in all_completions(b)])
+    torch.testing.assert_close(scores, torch.tensor([c.score for c in all_completions(a)]), atol=1e-4, rtol=0)
+    reference = fallback.score(TINY_PROMPTS, [o.completions for o in b])
+    torch.testing.assert_close(scores, torch.tensor([s for group in reference for s in group]), atol=1e-4, rtol=0)
+
+
 def test_runner_works_outside_inference_mode_after_generate(tiny_model):
     # Regression: fused weights built inside generate()'s inference mode were inference
     # tensors, and a later prefill with grad enabled raised.
