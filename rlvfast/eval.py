@@ -251,8 +251,6 @@ class Evaluator:
         self.model, self.tokenizer = load_model(args.model)
         self.sampler = Sampler(self.model, self.tokenizer, verify_prompt=args.verify_prompt)
         self.grader = Grader(timeout=args.grade_timeout)
-        self.params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
-                                     top_p=args.top_p, seed=args.seed)
         self.judge = Sampler(self.model, self.tokenizer, verify_prompt=self._judge_question()) if args.judge else None
         self.judge_params = SamplingParams(n=1, max_tokens=args.judge_max_tokens, temperature=0.0)
         self.num_model_calls = 0
@@ -274,10 +272,10 @@ class Evaluator:
         way draws the same samples."""
         from rlvfast.sampler import SamplingParams
 
+        args = self.args
         prompts = [self.prompt(p) for p in problems]
-        params = self.params
-        params = SamplingParams(n=params.n, max_tokens=params.max_tokens, temperature=params.temperature,
-                                top_p=params.top_p, seed=self.args.seed * 1_000_003 + first_index)
+        params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_p=args.top_p, seed=args.seed * 1_000_003 + first_index)
         outputs = self.sampler.generate(prompts, params, score=True, progress=self.show_progress)
         self.num_model_calls += 1
         completions = [c for out in outputs for c in out.completions]
