@@ -17,8 +17,9 @@ second `Sampler` whose verification prompt is that question does it in one pass.
 
 Sequential: samples are generated once at the largest length; the prefix of each sample at
 a smaller budget L is its first L tokens (what a KV-cache continuation would have produced),
-graded and re-scored with `Sampler.score`. Tokens "spent" are counted as a continuation
-would spend them (sum of min(len, L)), not what this evaluation spent to measure them.
+re-scored with `Sampler.score` and graded only if it already holds a `\\boxed{}` answer (an
+unfinished prefix has no answer). Tokens "spent" are counted as a continuation would spend
+them (sum of min(len, L)), not what this evaluation spent to measure them.
 """
 from __future__ import annotations
 
@@ -309,6 +310,8 @@ class Evaluator:
 
     def _add_budgets(self, prompts: list[str], completions: list, records: list[dict], golds: list) -> None:
         """For each budget L: the first L tokens of each sample, graded and scored."""
+        from rlvfast.grading import last_boxed
+
         n = self.args.n
         for L in self.args.lengths:
             cut = [j for j, c in enumerate(completions) if len(c.token_ids) > L]
@@ -319,12 +322,17 @@ class Evaluator:
                 rescored = self.sampler.score([prompts[j // n] for j in cut], [[prefixes[j]] for j in cut])
                 self.num_model_calls += 1
                 scores = {j: float(s[0]) for j, s in zip(cut, rescored)}
-            grades = dict(zip(cut, self.grader.grade_batch([texts[j] for j in cut], [golds[j] for j in cut])))
+            # A prefix counts as answered only once it has written a \boxed{} answer: the
+            # grader's last-number fallback would read "15" out of an unfinished "7+8=15\n15-".
+            boxed = [j for j in cut if last_boxed(texts[j]) is not None]
+            grades = dict(zip(boxed, self.grader.grade_batch([texts[j] for j in boxed], [golds[j] for j in boxed])))
             for j, record in enumerate(records):
-                entry = ({"answer": record["answer"], "correct": record["correct"], "score": record["score"],
-                          "num_tokens": record["num_tokens"]} if j not in texts else
-                         {"answer": grades[j].answer, "correct": bool(grades[j].correct), "score": scores[j],
-                          "num_tokens": L})
+                if j not in texts:  # finished within L: the full sample
+                    entry = {key: record[key] for key in ("answer", "correct", "score", "num_tokens")}
+                else:
+                    grade = grades.get(j)
+                    entry = {"answer": grade.answer if grade else None, "correct": bool(grade and grade.correct),
+                             "score": scores[j], "num_tokens": L}
                 record.setdefault("budgets", {})[str(L)] = entry
 
     def close(self) -> None:

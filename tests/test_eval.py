@@ -237,3 +237,19 @@ def test_baseline_comparison(tmp_path, tiny_model_dir, scripted):
     with pytest.raises(SystemExit, match="not comparable"):
         _run(tmp_path, tiny_model_dir, "--data", "synthetic:test", "--num-problems", "2", "--n", "4",
              "--baseline", str(base_out), out="other")
+
+
+def test_sequential_prefixes_without_a_box_have_no_answer(tmp_path, tiny_model_dir, scripted):
+    results, out = _run(tmp_path, tiny_model_dir, "--data", "synthetic:test", "--num-problems", "2", "--n", "4",
+                        "--lengths", "8,200", "--threshold", "0.5")
+    samples = _read(out / "samples.jsonl")
+    for r in samples:  # scripted solutions are ~25 char tokens: cut at 8, whole at 200
+        assert r["num_tokens"] > 8
+        assert r["budgets"]["8"]["answer"] is None and r["budgets"]["8"]["correct"] is False
+        assert r["budgets"]["8"]["num_tokens"] == 8
+        assert r["budgets"]["200"] == {k: r[k] for k in ("answer", "correct", "score", "num_tokens")}
+    fixed = results["sequential"]["fixed"]
+    assert fixed["8"] == {"accuracy": 0.0, "majority_accuracy": 0.0, "mean_tokens": 32.0}
+    assert fixed["200"]["mean_tokens"] == sum(r["num_tokens"] for r in samples) / 2
+    # nothing is answered at 8 tokens (confidence 0), so the policy always goes on to 200
+    assert results["sequential"]["threshold"]["0.5"]["stops"] == {"8": 0, "200": 2}
