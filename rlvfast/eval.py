@@ -210,11 +210,14 @@ def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
 
 
 def training_verify_prompt(model: str) -> str | None:
-    """The verification prompt a model was trained with: `rlvfast.train` writes RUN/final/ and
-    RUN/summary.json, whose config holds `verify_prompt` (None: the trainer's default, which
-    for the built-in tiny model is `TINY_VERIFY_PROMPT`). None when there is no such file."""
-    summary = Path(model).parent / "summary.json"
-    if not summary.is_file():
+    """The verification prompt a model was trained with: `rlvfast.train` writes RUN/final/,
+    RUN/checkpoints/step-N/ and, at the end, RUN/summary.json, whose config holds
+    `verify_prompt` (None: the trainer's default, which for the built-in tiny model is
+    `TINY_VERIFY_PROMPT`). None when no summary.json is found."""
+    model_dir = Path(model).resolve()
+    summary = next((d / "summary.json" for d in (model_dir.parent, model_dir.parent.parent)
+                    if (d / "summary.json").is_file()), None)
+    if summary is None:
         return None
     config = json.loads(summary.read_text()).get("config", {})
     if config.get("verify_prompt") is not None:

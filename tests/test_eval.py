@@ -253,3 +253,10 @@ def test_sequential_prefixes_without_a_box_have_no_answer(tmp_path, tiny_model_d
     assert fixed["200"]["mean_tokens"] == sum(r["num_tokens"] for r in samples) / 2
     # nothing is answered at 8 tokens (confidence 0), so the policy always goes on to 200
     assert results["sequential"]["threshold"]["0.5"]["stops"] == {"8": 0, "200": 2}
+
+
+def test_verify_prompt_of_a_checkpoint(tmp_path):
+    step = tmp_path / "run" / "checkpoints" / "step-000040"
+    step.mkdir(parents=True)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"config": {"verify_prompt": "\nOK?\n"}}))
+    assert rlv_eval.training_verify_prompt(str(step)) == "\nOK?\n"
