@@ -94,17 +94,6 @@ def lm_head_weight(model) -> torch.Tensor:
     return head.weight  # (V, H)
 
 
-@torch.no_grad()
-def mean_init_tokens(model, token_ids) -> None:
-    """Sets the (tied) embedding rows of never-trained tokens to the mean of all rows, as HF
-    does for new tokens: the warm start never shows "Yes"/"No", and their random rows would
-    start the verifier at -log P(label) ~ 11 nats, whose gradient swamps the policy's."""
-    for emb in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
-        mean = emb.mean(dim=0)  # (H,)
-        for i in token_ids:
-            emb[i] = mean
-
-
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**31 - 1)
 
@@ -314,7 +303,7 @@ def train(config: TrainConfig, log=print) -> dict:
     """The whole run; returns the summary (also written to OUT/summary.json)."""
     from rlvfast import Sampler
     from rlvfast.grading import Grader
-    from rlvfast.models import load_model, yes_no_ids
+    from rlvfast.models import load_model
 
     wall_start = time.perf_counter()
     device = pick_device(config.device)
@@ -338,8 +327,6 @@ def train(config: TrainConfig, log=print) -> dict:
     if config.kl_coef > 0:  # KL to the initial model, frozen
         ref_model, _ = load_model(init_path, device=device)
         ref_model.requires_grad_(False)
-    if config.is_tiny and resume_from is None:
-        mean_init_tokens(model, yes_no_ids(tokenizer))
     sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
     loss_config = LossConfig(clip_low=config.clip_low, clip_high=config.clip_high, temperature=config.temperature,
                              verifier_coef=config.verifier_coef, kl_coef=config.kl_coef)

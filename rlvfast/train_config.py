@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rlvfast.rl_loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS
-from rlvfast.warm_start import WarmStartConfig
+from rlvfast.warm_start import TINY_VERIFY_PROMPT, WarmStartConfig
 
 # The short verification prompt of the embedded default: the tiny model is character-level,
 # so the sampler's plain-model prompt (66 characters) would triple the tokens of every row.
-TINY_VERIFY_PROMPT = "\nIs it correct?\n"
 
 
 def _opt(default, help: str, **kw):
@@ -43,9 +42,8 @@ class TrainConfig:
     algo: str = _opt("grpo", "grpo: (r - mean) / std; rloo: leave-one-out baseline (r - mean of the "
                      "others), i.e. leave-one-out PPO; drgrpo: r - mean, no std, constant normalizer",
                      choices=ALGOS)
-    verifier_coef: float = _opt(0.1, "lambda in J = J_RL + lambda * J_verify; 0 = the base method alone. "
-                                "Default 0.1 (measured on the tiny model: at 1.0 the verifier's initial "
-                                "~10-nat loss swamps the policy gradient, see NOTES.md; the paper uses 1)")
+    verifier_coef: float = _opt(1.0, "lambda in J = J_RL + lambda * J_verify (the paper's 1.0); 0 = the base "
+                                "method alone")
     clip_low: float = _opt(0.2, "PPO clip: ratio >= 1 - clip_low (TRL/verl default 0.2)")
     clip_high: float = _opt(0.2, "PPO clip: ratio <= 1 + clip_high (TRL/verl default 0.2; DAPO uses 0.28)")
     kl_coef: float = _opt(0.0, "KL penalty to the frozen initial model with the k3 estimator, as TRL's beta "

@@ -6,7 +6,11 @@ is trained with plain next-token cross-entropy on `prompt + solution + <eos>` wh
 solutions come from `synthetic.solution_text` with wrong steps injected at `error_rate`:
 greedy decoding learns the arithmetic, sampling at temperature 1 keeps making the injected
 kind of error (off by 1-3), which RL then has to remove. The loss covers the solution and
-<eos> only, not the prompt. The verifier is NOT trained here: it learns only from RL^V.
+<eos> only, not the prompt. Each batch also holds `verify_rows` rows
+`[prompt, solution, TINY_VERIFY_PROMPT, Yes/No]` (loss on the label only) so the model has
+produced "Yes"/"No" before RL^V: without them RL^V starts at ~10 nats of verifier loss and
+its gradient wrecks the policy (NOTES.md, Trainer). Measured: these rows teach the label
+format and base rate, not yet the discrimination, which is left to RL^V.
 
 The result is an ordinary Hugging Face directory cached under
 `~/.cache/rlvfast/warm_start/<hash of the config>/` (or `$RLVFAST_CACHE`), written into a
@@ -28,11 +32,15 @@ from pathlib import Path
 
 import torch
 
-from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.models import TinyModelConfig, build_tiny_model, load_model, yes_no_ids
 from rlvfast.synthetic import Difficulty, make_problems, solution_text
 
 # Bump when the data format or the training procedure changes, so old caches are not reused.
-WARM_START_VERSION = 2
+WARM_START_VERSION = 3
+
+# The tiny model's verification prompt: short, since every char is a token and it is fed
+# after every solution in RL^V (the sampler's 66-char default would triple each row).
+TINY_VERIFY_PROMPT = "\nIs it correct?\n"
 
 
 def format_prompt(problem_text: str) -> str:
@@ -51,6 +59,12 @@ class WarmStartConfig:
     # Number of operands of the warm-start chains and how often each appears: mostly the
     # training difficulty (3), some 2 and 4 so that `hard` (4) is not wholly unseen.
     operand_weights: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.6, 4: 0.2})
+    # Rows per batch that also teach the verification format: [prompt, solution (wrong steps at
+    # verify_error_rate, about half wrong), verify prompt, "Yes"/"No"], loss on the label only.
+    # Without them the model has never produced "Yes"/"No" and RL^V starts at ~10 nats of
+    # verifier loss whose gradient swamps the policy's (see NOTES.md, Trainer).
+    verify_rows: int = 64
+    verify_error_rate: float = 0.3
     seed: int = 0
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
@@ -63,8 +77,11 @@ class WarmStartConfig:
             raise ValueError(f"WarmStartConfig.lr must be > 0, got {self.lr!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"WarmStartConfig.warmup must be an int >= 0, got {self.warmup!r}")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"WarmStartConfig.error_rate must be in [0, 1], got {self.error_rate!r}")
+        for name in ("error_rate", "verify_error_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"WarmStartConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not isinstance(self.verify_rows, int) or self.verify_rows < 0:
+            raise ValueError(f"WarmStartConfig.verify_rows must be an int >= 0, got {self.verify_rows!r}")
         if isinstance(self.model, dict):
             self.model = TinyModelConfig(**self.model)
         self.operand_weights = {int(k): float(v) for k, v in self.operand_weights.items()}
@@ -83,16 +100,27 @@ def default_cache_dir() -> Path:
 
 
 def make_batch(tokenizer, rng: random.Random, config: WarmStartConfig, problem_seed: int):
-    """(input_ids, labels) for one batch; labels are -100 on the prompt and on padding."""
+    """(input_ids, labels) for one batch; labels are -100 where there is no loss and on padding.
+
+    batch_size solution rows (loss on solution + EOS), then verify_rows verification rows
+    (loss on the Yes/No label only)."""
     counts = list(config.operand_weights)
     weights = [config.operand_weights[k] for k in counts]
-    rows: list[tuple[list[int], int]] = []
-    for i in range(config.batch_size):
+    verify_ids = tokenizer.encode(TINY_VERIFY_PROMPT, add_special_tokens=False)
+    yes_id, no_id = yes_no_ids(tokenizer)
+    rows: list[tuple[list[int], int]] = []  # (ids, first position with a loss)
+    for i in range(config.batch_size + config.verify_rows):
         num_operands = rng.choices(counts, weights)[0]
         problem = make_problems(1, Difficulty(num_operands, 1), seed=problem_seed * config.batch_size + i)[0]
         prompt_ids = tokenizer.encode(format_prompt(problem.problem), add_special_tokens=False)
-        solution_ids = tokenizer.encode(solution_text(problem, config.error_rate, rng), add_special_tokens=False)
-        rows.append((prompt_ids + solution_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+        if i < config.batch_size:
+            solution_ids = tokenizer.encode(solution_text(problem, config.error_rate, rng), add_special_tokens=False)
+            rows.append((prompt_ids + solution_ids + [tokenizer.eos_token_id], len(prompt_ids)))
+            continue
+        solution = solution_text(problem, config.verify_error_rate, rng)
+        label = yes_id if solution.endswith(f"\\boxed{{{problem.answer}}}") else no_id
+        ids = prompt_ids + tokenizer.encode(solution, add_special_tokens=False) + verify_ids + [label]
+        rows.append((ids, len(ids) - 1))
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (B, T)
