@@ -19,11 +19,12 @@ import re
 from collections.abc import Sequence
 from fractions import Fraction
 
+from rlvfast import grading
+
 _BOXED = ("\\boxed{", "\\fbox{")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _FRACTION = re.compile(r"^([+-]?)\\[dt]?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)/([+-]?\d+)$")
-_LATEX_NOISE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ")
 
 
 def _unbox(text: str) -> str:
@@ -58,13 +59,13 @@ def _as_fraction(text: str) -> Fraction | None:
 
 
 def normalize_answer(answer: str | None) -> str | None:
-    """Canonical form used to compare answers; None (or nothing left) means no answer."""
+    """Canonical form used to compare answers; None (or nothing left) means no answer.
+
+    The grader's `normalize_answer` (LaTeX spacing, $, \\text{}, thousands, leading zeros),
+    after unboxing, plus exact rationals: "0.5", "1/2" and "\\frac{1}{2}" vote together."""
     if answer is None:
         return None
-    text = _unbox(str(answer).strip()).strip().strip("$").strip()
-    for noise in _LATEX_NOISE:
-        text = text.replace(noise, "")
-    text = "".join(text.split()).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
+    text = grading.normalize_answer(_unbox(str(answer).strip()))
     if not text:
         return None
     value = _as_fraction(text)
