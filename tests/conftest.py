@@ -46,3 +46,21 @@ def smollm2():
     if not SMOLLM2_GGUF.exists():
         pytest.skip(f"{SMOLLM2_GGUF} not present")
     return load_model(SMOLLM2_GGUF)
+
+
+def cpu_backends(kernel_module: str) -> list[str]:
+    """The backends an op test runs on the CPU: the reference, C++ when built, and Triton
+    (through the interpreter) when `rlvfast.kernels.<kernel_module>` imports."""
+    import importlib
+
+    import rlvfast.ops as ops
+
+    usable = ops.available_backends("cpu")
+    backends = [b for b in ("reference", "cpp") if b in usable]
+    if "triton" in usable:
+        try:
+            importlib.import_module(f"rlvfast.kernels.{kernel_module}")
+            backends.append("triton")
+        except ImportError:
+            pass
+    return backends

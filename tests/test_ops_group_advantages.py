@@ -5,20 +5,10 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
+from conftest import cpu_backends
 
 
-def _triton_ok() -> bool:
-    if "triton" not in ops.available_backends("cpu"):
-        return False
-    try:
-        import rlvfast.kernels.group_advantages  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = [b for b in ("reference", "cpp", "triton")
-            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+BACKENDS = cpu_backends("group_advantages")
 
 # two groups of 4: [1, 0, 0, 1] (mean 0.5, unbiased std sqrt(1/3)) and [1, 0, 0, 0]
 REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]

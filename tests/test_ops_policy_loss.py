@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
+from conftest import cpu_backends
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig, TokenBatch
 
@@ -17,18 +18,7 @@ CHUNK = 4
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28  # asymmetric (DAPO-style) so low/high mix-ups fail
 
 
-def _triton_ok() -> bool:
-    if "triton" not in ops.available_backends("cpu"):
-        return False
-    try:
-        import rlvfast.kernels.policy_loss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = [b for b in ("reference", "cpp", "triton")
-            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+BACKENDS = cpu_backends("policy_loss")
 KERNELS = [b for b in BACKENDS if b != "reference"]
 
 

@@ -8,20 +8,11 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
+from conftest import cpu_backends
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig
 
 CHUNK = 4  # rows per logit chunk in these tests (the kernels default to ~128 MiB of logits)
-
-
-def _triton_ok() -> bool:
-    if "triton" not in ops.available_backends("cpu"):
-        return False
-    try:
-        import rlvfast.kernels.token_logprobs  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _run(backend: str, hidden, weight, targets, temperature):
@@ -35,8 +26,7 @@ def _run(backend: str, hidden, weight, targets, temperature):
     return reference.token_logprobs(hidden, weight, targets, temperature)
 
 
-BACKENDS = [b for b in ("reference", "cpp", "triton")
-            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+BACKENDS = cpu_backends("token_logprobs")
 
 KERNELS = [b for b in BACKENDS if b != "reference"]  # the reference itself is the spec
 

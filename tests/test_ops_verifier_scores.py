@@ -10,24 +10,14 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
+from conftest import cpu_backends
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig
 
 BLOCK = 4096  # vocabulary columns per streaming block in these tests
 
 
-def _triton_ok() -> bool:
-    if "triton" not in ops.available_backends("cpu"):
-        return False
-    try:
-        import rlvfast.kernels.verifier_scores  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-BACKENDS = [b for b in ("reference", "cpp", "triton")
-            if b in ops.available_backends("cpu") and (b != "triton" or _triton_ok())]
+BACKENDS = cpu_backends("verifier_scores")
 KERNELS = [b for b in BACKENDS if b != "reference"]
 
 
