@@ -46,16 +46,6 @@ RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", 
 
 
 # ---------------------------------------------------------------------------- arguments
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _lengths(text: str) -> list[int]:
     parts = [p for p in text.split(",") if p.strip()]
     try:
@@ -77,24 +67,22 @@ def _thresholds(text: str) -> list[float]:
     return values
 
 
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+def _number(cast, is_ok, expected: str):
+    """An argparse type: `cast(text)` that must satisfy `is_ok`, else an error naming the text."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not is_ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_unit_float = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+_non_negative_float = _number(float, lambda v: not v < 0, "a number >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
