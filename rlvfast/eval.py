@@ -83,6 +83,7 @@ def _number(cast, is_ok, expected: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _unit_float = _number(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _non_negative_float = _number(float, lambda v: not v < 0, "a number >= 0")
+_positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_positive_int, default=100, help="random subsets per k (all when fewer exist)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is faster on a crowded CPU)")
-    p.add_argument("--grade-timeout", type=_non_negative_float, default=5.0, help="seconds per grading")
+    p.add_argument("--grade-timeout", type=_positive_float, default=5.0, help="seconds per grading")
     p.add_argument("--verify-prompt", default=None,
                    help="text between a solution and P(Yes) (\\n for a newline); default: the one in the "
                         "training run's summary.json beside the model directory, else the Sampler's default")

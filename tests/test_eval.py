@@ -176,6 +176,7 @@ def test_resume_skips_finished_problems(tmp_path, tiny_model_dir, scripted):
     (["--n", "0"], "'0'"), (["--lengths", "64,abc"], "'64,abc'"), (["--threshold", "1.5"], "'1.5'"),
     (["--top-p", "0"], "'0'"), (["--data", "synthetic:impossible"], "synthetic:impossible"),
     (["--data", "/no/such/file.jsonl"], "/no/such/file.jsonl"), (["--temperature", "-1"], "'-1'"),
+    (["--grade-timeout", "0"], "'0'"),
 ])
 def test_bad_arguments_name_the_value(tmp_path, capsys, argv, message):
     base = {"--model": str(tmp_path), "--out": str(tmp_path / "o"), "--data": "synthetic"}
