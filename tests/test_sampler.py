@@ -30,8 +30,8 @@ def force_eos(monkeypatch, eos_id: int, rate: float, first_row_eos: bool = True,
     rng = torch.Generator().manual_seed(seed)
     step = {"k": 0}
 
-    def forced(logits, params, generator):
-        tokens, logprobs = real(logits, params, generator)
+    def forced(logits, params, uniforms):
+        tokens, logprobs = real(logits, params, uniforms)
         hit = torch.rand(tokens.shape[0], generator=rng) < rate
         if first_row_eos and step["k"] == 0:
             hit[0] = True
@@ -70,7 +70,8 @@ def test_sample_tokens_top_k_top_p_and_their_logprobs(top_k, top_p, kept):
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().repeat(4000, 1)  # (4000, 4)
     params = SamplingParams(top_k=top_k, top_p=top_p, temperature=1.0)
-    tokens, logprobs = sample_tokens(logits, params, torch.Generator().manual_seed(0))
+    uniforms = torch.rand(4000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tokens, logprobs = sample_tokens(logits, params, uniforms)
     assert sorted(set(tokens.tolist())) == kept  # every kept token drawn, no other
     expected = (probs / probs[kept].sum()).log()[tokens]
     torch.testing.assert_close(logprobs, expected, atol=1e-6, rtol=0)
@@ -205,6 +206,47 @@ def test_same_seed_same_samples(tiny_sampler):
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
     assert [x.token_ids for x in a] != [x.token_ids for x in c]
     assert len({tuple(x.token_ids) for x in a}) > 1  # the n samples of a prompt differ
+
+
+@pytest.mark.parametrize("score", [False, True])
+def test_a_prompts_samples_do_not_depend_on_the_rest_of_the_batch(tiny_sampler, score):
+    # Stop strings end samples at steps set by their own tokens, so rows leave (and the
+    # survivors move) differently in the two batches; the first 3 of n samples must agree.
+    stop = ["a", "e", "7"]
+    alone = tiny_sampler.generate([TINY_PROMPTS[1]], SamplingParams(n=3, max_tokens=20, seed=11, stop=stop),
+                                  score=score)[0].completions
+    batch = tiny_sampler.generate([TINY_PROMPTS[2], TINY_PROMPTS[0], TINY_PROMPTS[1]],
+                                  SamplingParams(n=7, max_tokens=20, seed=11, stop=stop), score=score)
+    together = batch[2].completions[:3]
+    assert len({len(c.token_ids) for o in batch for c in o.completions}) > 3  # rows left at different steps
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert [c.text for c in together] == [c.text for c in alone]
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+        if score:
+            assert abs(a.score - b.score) < 1e-5
+    assert len({tuple(c.token_ids) for c in batch[2].completions}) > 1
+    other = tiny_sampler.generate([TINY_PROMPTS[1]], SamplingParams(n=3, max_tokens=20, seed=12, stop=stop),
+                                  score=False)[0].completions
+    assert [c.token_ids for c in other] != [c.token_ids for c in alone]
+
+
+def test_a_repeated_prompt_gets_fresh_samples_and_its_first_occurrence_is_unchanged(tiny_sampler):
+    params = SamplingParams(n=2, max_tokens=12, seed=3)
+    alone = tiny_sampler.generate([TINY_PROMPTS[0]], params, score=False)[0].completions
+    first, second = tiny_sampler.generate([TINY_PROMPTS[0], TINY_PROMPTS[0]], params, score=False)
+    assert [c.token_ids for c in first.completions] == [c.token_ids for c in alone]
+    assert [c.token_ids for c in second.completions] != [c.token_ids for c in first.completions]
+
+
+def test_no_seed_follows_torchs_global_generator(tiny_sampler):
+    params = SamplingParams(n=2, max_tokens=12)
+    torch.manual_seed(5)
+    a = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=False))
+    b = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=False))
+    torch.manual_seed(5)
+    c = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=False))
+    assert [x.token_ids for x in a] == [x.token_ids for x in c] != [x.token_ids for x in b]
 
 
 def test_each_prompt_prefilled_once_and_finished_rows_leave(tiny_sampler, monkeypatch):

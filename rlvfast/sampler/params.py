@@ -14,8 +14,10 @@ class SamplingParams:
 
     temperature=0 is greedy (argmax; the reported log-probs are then the log-softmax at
     temperature 1). top_k=0 and top_p=1 switch those filters off; top-k is applied before
-    top-p, as in vLLM. `seed` seeds a private torch.Generator: the same seed, prompts and
-    params give the same samples. `stop`: strings that end a sample (see `Sampler.generate`).
+    top-p, as in vLLM. `seed`: each sample draws from its own counter-based stream keyed by
+    (seed, its prompt, its index among the n), so a prompt gets the same samples whatever else
+    is in the batch (see rng.py); None: a seed from torch's global generator. `stop`:
+    strings that end a sample (see `Sampler.generate`).
     """
     n: int = 1
     max_tokens: int = 256

@@ -27,6 +27,7 @@ from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
 from rlvfast.sampler.prompts import build_verify_prompt, encode_prompt
 from rlvfast.sampler.reference import reencoded_scores
+from rlvfast.sampler.rng import resolve_seed, sample_keys, uniforms
 from rlvfast.sampler.runner import ModelRunner
 from rlvfast.sampler.sampling import sample_tokens
 from rlvfast.sampler.sequence import Sequence
@@ -92,14 +93,12 @@ class Sampler:
         params = params or SamplingParams()
         prompt_ids = self._encode_all(prompts)
         self._check_lengths(prompt_ids, params.max_tokens + (len(self.verify_ids) + 1 if score else 0))
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
-        seqs = self._run(prompt_ids, params, score, generator, progress)
+        keys = None if params.is_greedy else sample_keys(resolve_seed(params.seed), prompt_ids, params.n)
+        seqs = self._run(prompt_ids, params, score, keys, progress)
         return self._outputs(prompts, prompt_ids, seqs, params)
 
     def _run(self, prompt_ids: list[list[int]], params: SamplingParams, score: bool,
-             generator: torch.Generator | None, progress: bool) -> list[Sequence]:
+             keys: list[int] | None, progress: bool) -> list[Sequence]:
         n, runner = params.n, self.runner
         cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
         share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
@@ -108,13 +107,16 @@ class Sampler:
         columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS))
         cache = cache.copy_rows(share, capacity=cache.length + columns)
         logits = logits[share]  # (P*n, V)
-        seqs = [Sequence(i, i // n, len(prompt_ids[i // n])) for i in range(len(share))]
+        seqs = [Sequence(i, i // n, len(prompt_ids[i // n]), key=None if keys is None else keys[i])
+                for i in range(len(share))]
         row_seq = list(range(len(seqs)))  # the sequence in each live row
         bar = _progress_bar(len(seqs)) if progress else None
         pending: list[tuple[KVCache, list[Sequence]]] = []  # ended rows waiting for their verify forward
         flush_rows = max(1, int(len(seqs) * VERIFY_FLUSH_FRACTION))
         while True:
-            tokens, logprobs = sample_tokens(logits, params, generator)  # (B,), (B,)
+            step_uniforms = None if keys is None else uniforms(  # (B,): each row's own draw at this step
+                [seqs[i].key for i in row_seq], seqs[row_seq[0]].num_completion_tokens, runner.device)
+            tokens, logprobs = sample_tokens(logits, params, step_uniforms)  # (B,), (B,)
             ended = self._append(seqs, row_seq, tokens.tolist(), logprobs.tolist(), params)
             if ended:
                 if score:  # keep a copy of the ended rows' KV, with room for [last token, verify ids]

@@ -26,6 +26,7 @@ class Sequence:
     stop_reason: int | str | None = None  # the EOS id or the stop string
     ends_with_eos: bool = False        # then the last token is left out of the verified solution
     score: float | None = None
+    key: int | None = None             # its random stream (rng.py); None when greedy
 
     @property
     def num_completion_tokens(self) -> int:
