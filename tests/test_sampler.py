@@ -381,6 +381,33 @@ def test_runner_works_outside_inference_mode_after_generate(tiny_model):
     assert step.shape == (2, logits.shape[-1]) and torch.isfinite(step).all()
 
 
+def test_parked_rows_keep_their_kv_in_place_while_live_rows_decode():
+    from rlvfast.sampler.kv_cache import KVCache
+
+    cache = KVCache(6, 8, torch.device("cpu"), torch.float32)
+    cache.append_slots(torch.ones(6, 2, dtype=torch.bool))
+    cache.update(torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 2, 1), torch.zeros(6, 1, 2, 1), 0)
+    order = cache.park_rows([0, 4])
+    assert (cache.num_rows, cache.num_parked) == (4, 2) and sorted(order[:4]) == [1, 2, 3, 5]
+    assert sorted(order[4:]) == [0, 4]
+    assert cache.keys[0][:6, 0, 0, 0].tolist() == [float(r) for r in order]  # rows moved with their data
+    positions, _ = cache.append_slots(torch.ones(4, 1, dtype=torch.bool))  # a decode step of the live rows
+    cache.update(torch.full((4, 1, 1, 1), -1.0), torch.zeros(4, 1, 1, 1), 0)
+    assert positions[:, 0].tolist() == [2] * 4
+    order2 = cache.park_rows([1])  # parked again: before the rows parked earlier
+    parked_ids = [order[r] for r in order2[3:]] + order[4:]
+    view = cache.parked(extra_columns=3)
+    assert view.num_rows == 3 and view.keys[0][:, 0, 0, 0].tolist() == [float(r) for r in parked_ids]
+    assert view.is_valid[:, :3].tolist() == [[True] * 3, [True, True, False], [True, True, False]]
+    assert view.keys[0][1:, 0, 2, 0].tolist() == [0.0, 0.0]  # the decode step never wrote the parked rows
+    view.append_slots(torch.ones(3, 3, dtype=torch.bool))
+    view.update(torch.full((3, 1, 3, 1), 7.0), torch.zeros(3, 1, 3, 1), 0)
+    assert (cache.keys[0][3:6, 0, 3:6] == 7).all() and (cache.keys[0][:3, 0, 3:6] == 0).all()  # in place
+    assert cache.length == 3 and view.next_position.tolist() == [6, 5, 5]
+    cache.drop_parked()
+    assert (cache.num_rows, cache.num_parked, cache.keys[0].shape[0]) == (3, 0, 3)  # the dead half freed
+
+
 # ---------------------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
 def smol_sampler(smollm2):

@@ -10,7 +10,13 @@ attention layers call, `update(key, value, layer_idx)`, so any HF decoder can wr
 
 Rows leave by swap-remove (the last live rows fill the holes: a few rows copied, not the
 whole cache) and the storage shrinks once half of it is dead; columns grow by doubling when
-a forward needs more. So memory follows the live batch and its longest sample. Not here: what to run (runner.py) or when (sampler.py).
+a forward needs more. So memory follows the live batch and its longest sample. A row that
+ends and still has to be verified is parked instead: swapped to just past the live rows,
+where decode steps no longer touch it and its keys/values stay in place (no copy) until
+`parked()` gives a view of the parked rows for their verification forward and
+`drop_parked()` frees them. Rows parked at different steps share the columns, the ones
+written after a row ended being invalid for it (a gap the mask hides). Not here: what to
+run (runner.py) or when (sampler.py).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ class KVCache:
         if num_rows < 1 or capacity < 1:
             raise ValueError(f"KVCache needs num_rows >= 1 and capacity >= 1, got {num_rows}, {capacity}")
         self.num_rows = num_rows          # live rows: [0, num_rows) of the storage
+        self.num_parked = 0               # parked rows: [num_rows, num_rows + num_parked)
         self.capacity = capacity          # columns allocated
         self.length = 0                   # columns written
         self.dtype = dtype
@@ -93,32 +100,46 @@ class KVCache:
                 new_store.append(fresh)
         return out
 
-    @classmethod
-    def stack(cls, caches: list[KVCache], extra_capacity: int) -> KVCache:
-        """The rows of several caches in one, columns aligned at 0; a shorter cache's columns
-        past its length stay invalid (a gap the mask hides), so rows that ended at different
-        steps can take one forward together. Capacity: the longest length + extra_capacity."""
-        if len(caches) == 1 and caches[0].capacity >= caches[0].length + extra_capacity:
-            return caches[0]
-        length = max(c.length for c in caches)
-        first = caches[0]
-        out = cls(sum(c.num_rows for c in caches), length + extra_capacity, first.is_valid.device, first.dtype)
-        out.length, row = length, 0
-        for c in caches:
-            rows = slice(row, row + c.num_rows)
-            out.is_valid[rows, :c.length] = c.is_valid[:c.num_rows, :c.length]
-            out.next_position[rows] = c.next_position[:c.num_rows]
-            row += c.num_rows
-        for layer in range(len(first.keys)):
-            for store, new_store in ((lambda c: c.keys, out.keys), (lambda c: c.values, out.values)):
-                proto = store(first)[layer]
-                fresh = proto.new_zeros((out.num_rows, proto.shape[1], out.capacity, proto.shape[3]))
-                row = 0
-                for c in caches:
-                    fresh[row:row + c.num_rows, :, :c.length] = store(c)[layer][:c.num_rows, :, :c.length]
-                    row += c.num_rows
-                new_store.append(fresh)
-        return out
+    def park_rows(self, rows: list[int]) -> list[int]:
+        """Moves live `rows` to the parked block, which starts right after the live rows, by
+        swapping them with the last live rows. Returns the old row number of each storage row
+        [0, old num_rows) in its new order: the live rows, then the newly parked ones (which
+        come before the rows parked earlier)."""
+        order = list(range(self.num_rows))
+        ended = set(rows)
+        new_count = self.num_rows - len(ended)
+        holes = [r for r in sorted(ended) if r < new_count]
+        movers = [r for r in range(new_count, self.num_rows) if r not in ended]
+        if holes:
+            a = torch.tensor(holes, device=self.is_valid.device)
+            b = torch.tensor(movers, device=self.is_valid.device)
+            both, swapped = torch.cat([a, b]), torch.cat([b, a])
+            for tensor in (self.is_valid, self.next_position, *self.keys, *self.values):
+                tensor.index_copy_(0, both, tensor.index_select(0, swapped))
+            for h, m in zip(holes, movers):
+                order[h], order[m] = m, h
+        self.num_rows, self.num_parked = new_count, self.num_parked + len(ended)
+        return order
+
+    def parked(self, extra_columns: int) -> KVCache:
+        """A cache over the parked rows that shares this one's storage (writes land in place),
+        with room for `extra_columns` more columns; its forwards leave the live rows alone."""
+        if self.length + extra_columns > self.capacity:
+            self._grow(max(self.length + extra_columns, 2 * self.capacity))
+        lo, hi = self.num_rows, self.num_rows + self.num_parked
+        view = KVCache.__new__(KVCache)
+        view.num_rows, view.num_parked = hi - lo, 0
+        view.capacity, view.length, view._write_start = self.length + extra_columns, self.length, self.length
+        view.dtype, view.min_value = self.dtype, self.min_value
+        view.keys, view.values = [k[lo:hi] for k in self.keys], [v[lo:hi] for v in self.values]
+        view.is_valid, view.next_position = self.is_valid[lo:hi], self.next_position[lo:hi]
+        return view
+
+    def drop_parked(self) -> None:
+        """Frees the parked rows (their verification is done)."""
+        self.num_parked = 0
+        if 0 < self.num_rows <= self.is_valid.shape[0] // 2:
+            self._shrink_storage()
 
     def remove_rows(self, rows: list[int]) -> list[int]:
         """Drops `rows` (live row numbers); the last live rows move into the holes. Returns the
@@ -135,6 +156,8 @@ class KVCache:
                 tensor.index_copy_(0, dst, tensor.index_select(0, src))
             for h, m in zip(holes, movers):
                 order[h] = m
+        if self.num_parked:
+            raise RuntimeError("KVCache.remove_rows with parked rows: verify and drop them first")
         self.num_rows = new_count
         if 0 < new_count <= self.is_valid.shape[0] // 2:  # free the dead half
             self._shrink_storage()
@@ -143,6 +166,10 @@ class KVCache:
     def _grow(self, capacity: int) -> None:
         """More columns (amortized doubling): storage follows the longest live sample, not
         the longest possible one."""
+        if self.capacity == capacity:
+            return
+        if self.is_valid.shape[1] != self.capacity:
+            raise RuntimeError("KVCache: a parked() view cannot grow; reserve its columns in parked()")
         self.capacity = capacity
         valid = self.is_valid.new_zeros((self.is_valid.shape[0], capacity))
         valid[:, :self.length] = self.is_valid[:, :self.length]
@@ -154,7 +181,7 @@ class KVCache:
                 store[i] = fresh
 
     def _shrink_storage(self) -> None:
-        n = self.num_rows
+        n = self.num_rows + self.num_parked  # parked rows keep their storage until dropped
         self.is_valid = self.is_valid[:n].clone()
         self.next_position = self.next_position[:n].clone()
         self.keys = [k[:n].clone() for k in self.keys]

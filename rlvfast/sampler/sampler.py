@@ -2,15 +2,16 @@
 
 One loop for all prompts x n samples: the P prompts are prefilled once (left-padded) and
 each prompt's cache rows are copied n times for decoding (prefix sharing, no n-fold
-prefill). Every step samples one token per live row. A row that ends (an EOS id, a stop
-string, or max_tokens) leaves the decode batch with a copy of its KV rows, and is verified
-inside the loop while the other rows keep decoding: once a quarter of the batch is waiting
-(or no row is left), the waiting rows are stacked and [last token, verification prompt] is
-fed through their own caches in one forward; P("Yes") is read at the last position. The
-last sampled token is not in the cache yet, so the verification starts with it, except an
-EOS, which is left out of the verified solution (see `verification_ids`). A row's KV memory
-is released when it is verified. `score` is the reference: the same token sequence encoded
-from scratch.
+prefill). Every step samples one token per live row, each row with its own counter-based
+random stream (rng.py), so a prompt's samples do not depend on the rest of the batch. A row
+that ends (an EOS id, a stop string, or max_tokens) leaves the decode batch and, when
+scoring, is parked in the cache (its KV stays in place, see kv_cache.py) and verified inside
+the loop while the other rows keep decoding: once a quarter of the batch is parked (or no
+row is left), [last token, verification prompt] is fed through the parked rows' own caches
+in one forward; P("Yes") is read at the last position. The last sampled token is not in the
+cache yet, so the verification starts with it, except an EOS, which is left out of the
+verified solution (see `verification_ids`). A row's KV memory is released when it is
+verified. `score` is the reference: the same token sequence encoded from scratch.
 
 Not here: the forwards (runner.py, fast_trunk.py), the cache layout (kv_cache.py),
 sampling math (sampling.py), prompt texts (prompts.py), the re-encoding (reference.py).
@@ -102,16 +103,16 @@ class Sampler:
         n, runner = params.n, self.runner
         cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
         share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
-        # Room for INITIAL_DECODE_COLUMNS new tokens; the cache doubles its columns if samples
-        # run longer (the last token of a max-length sample is never written: max_tokens - 1).
-        columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS))
+        # Room for INITIAL_DECODE_COLUMNS new tokens (+ the verification); the cache doubles its
+        # columns if samples run longer (the last token of a sample is never written: max_tokens - 1).
+        columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS)) + (1 + len(self.verify_ids) if score else 0)
         cache = cache.copy_rows(share, capacity=cache.length + columns)
         logits = logits[share]  # (P*n, V)
         seqs = [Sequence(i, i // n, len(prompt_ids[i // n]), key=None if keys is None else keys[i])
                 for i in range(len(share))]
         row_seq = list(range(len(seqs)))  # the sequence in each live row
+        parked: list[Sequence] = []  # ended, waiting for their verify forward, in parked-row order
         bar = _progress_bar(len(seqs)) if progress else None
-        pending: list[tuple[KVCache, list[Sequence]]] = []  # ended rows waiting for their verify forward
         flush_rows = max(1, int(len(seqs) * VERIFY_FLUSH_FRACTION))
         while True:
             step_uniforms = None if keys is None else uniforms(  # (B,): each row's own draw at this step
@@ -119,18 +120,16 @@ class Sampler:
             tokens, logprobs = sample_tokens(logits, params, step_uniforms)  # (B,), (B,)
             ended = self._append(seqs, row_seq, tokens.tolist(), logprobs.tolist(), params)
             if ended:
-                if score:  # keep a copy of the ended rows' KV, with room for [last token, verify ids]
-                    index = torch.tensor(ended, dtype=torch.long, device=runner.device)
-                    pending.append((cache.copy_rows(index, capacity=cache.length + 1 + len(self.verify_ids)),
-                                    [seqs[row_seq[r]] for r in ended]))
-                order = cache.remove_rows(ended)
-                row_seq = [row_seq[r] for r in order]
-                tokens = tokens[torch.tensor(order, dtype=torch.long, device=tokens.device)]
+                # Scored rows are parked (their KV stays in place for the verify forward), others dropped.
+                order = cache.park_rows(ended) if score else cache.remove_rows(ended)
+                parked = [seqs[row_seq[r]] for r in order[cache.num_rows:]] + parked
+                row_seq = [row_seq[r] for r in order[:cache.num_rows]]
+                tokens = tokens[torch.tensor(order[:cache.num_rows], dtype=torch.long, device=tokens.device)]
                 if bar is not None:
                     bar.update(len(ended))
-            if pending and (not row_seq or sum(len(group) for _, group in pending) >= flush_rows):
-                self._verify(pending)
-                pending = []
+            if parked and (not row_seq or len(parked) >= flush_rows):
+                self._verify(cache, parked)
+                parked = []
             if not row_seq:
                 break
             logits = runner.decode_step(cache, tokens)
@@ -168,13 +167,14 @@ class Sampler:
                 return s
         return None
 
-    def _verify(self, pending: list[tuple[KVCache, list[Sequence]]]) -> None:
-        """P("Yes") for ended rows, in one forward through their own (stacked) cache rows."""
-        cache = KVCache.stack([c for c, _ in pending], extra_capacity=1 + len(self.verify_ids))
-        ended = [seq for _, group in pending for seq in group]
-        last = [None if s.ends_with_eos else s.token_ids[-1] for s in ended]
-        for seq, p_yes in zip(ended, self.runner.verify(cache, last, self.verify_ids).tolist()):
+    def _verify(self, cache: KVCache, parked: list[Sequence]) -> None:
+        """P("Yes") for the parked rows of `cache` (`parked` in row order), in one forward
+        through their own keys/values, which are then freed."""
+        last = [None if s.ends_with_eos else s.token_ids[-1] for s in parked]
+        view = cache.parked(extra_columns=1 + len(self.verify_ids))
+        for seq, p_yes in zip(parked, self.runner.verify(view, last, self.verify_ids).tolist()):
             seq.score = p_yes
+        cache.drop_parked()
 
     # ------------------------------------------------------------------ the reference path
     @torch.inference_mode()
