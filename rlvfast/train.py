@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,9 @@ import torch
 from tqdm import tqdm
 
 from rlvfast import checkpoint as ckpt
+from rlvfast import train_forward
 from rlvfast.data import Problem
-from rlvfast.rl_loss import (LossConfig, Sample, build_rows, compute_advantages, rlv_loss,
+from rlvfast.rl_loss import (LossConfig, RowBatch, Sample, build_rows, compute_advantages, rlv_loss,
                              sequence_token_weights, verifier_label_weights, verifier_labels)
 from rlvfast.train_config import TrainConfig, parse_config
 
@@ -136,9 +137,23 @@ def verifier_accuracy(scores: list[float], rewards: list[float | None]) -> tuple
 
 
 # ----------------------------------------------------------------------------- one update
+def _read_rows(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBatch]:
+    """(read_hidden's arguments, the rows re-indexed into its compact output): the loss reads
+    the policy positions then the verifier positions; each row's prompt but its last token is
+    the shareable prefix (the last prompt position predicts the first sampled token)."""
+    num_policy, num_rows = rows.policy_index.numel(), rows.verifier_index.numel()
+    read = torch.cat([rows.policy_index, rows.verifier_index])  # (N + B,)
+    lengths = rows.attention_mask.sum(dim=1).tolist()
+    compact = replace(rows, policy_index=torch.arange(num_policy, device=read.device),
+                      verifier_index=torch.arange(num_policy, num_policy + num_rows, device=read.device))
+    return (lengths, prefix_lengths, read), compact
+
+
 def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_config: LossConfig,
-           verify_ids, eos, pad_id, device, ref_model=None) -> dict:
-    """ppo_epochs optimizer steps over the rollouts; returns the metrics (or skipped=True)."""
+           verify_ids, eos, pad_id, device, ref_model=None, fast_forward: bool = True) -> dict:
+    """ppo_epochs optimizer steps over the rollouts; returns the metrics (or skipped=True).
+    fast_forward: the trunk forward of `rlvfast.train_forward` where the model allows it (the
+    same gradients up to float rounding; False: HF's padded forward, the reference)."""
     weight = lm_head_weight(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with_verifier = config.verifier_coef > 0
@@ -152,6 +167,10 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
                 flat = ref_hidden.reshape(-1, ref_hidden.shape[-1]).index_select(0, r.policy_index)  # (N, H)
                 r.ref_logprobs, _ = ops.token_logprobs(flat, lm_head_weight(ref_model), r.policy_targets,
                                                        config.temperature)
+    if fast_forward and train_forward.supports(model):  # shared prompts, only the read rows: see train_forward
+        inputs = [_read_rows(r, [max(0, len(s.prompt_ids) - 1) for s in c]) for r, c in zip(rows, chunks)]
+    else:
+        inputs = [(None, r) for r in rows]
     totals = dict.fromkeys(("policy_loss", "verifier_loss", "kl", "num_clipped", "logprob_gap"), 0.0)
     num_tokens = sum(int(r.policy_targets.numel()) for r in rows)
     grad_norm = float("nan")
@@ -160,9 +179,12 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
         loss_sum = 0.0
         for k in totals:
             totals[k] = 0.0
-        for r in rows:
+        for read, r in inputs:
             with autocast:
-                hidden = model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
+                if read is None:
+                    hidden = model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
+                else:
+                    hidden = train_forward.read_hidden(model, r.input_ids, *read)  # (N + B, H)
                 out = rlv_loss(hidden, weight, r, loss_config)
             out.loss.backward()
             loss_sum += float(out.loss.detach())
