@@ -3,12 +3,13 @@
     J = J_RL + lambda * J_verify            (arXiv 2505.04842)
 
 Each step, top to bottom: take `prompts_per_step` problems; sample `group_size` solutions each
-with the Sampler (score=True, so P("Yes") of the verifier BEFORE the update comes free and is
-logged as its accuracy on fresh samples); grade them (1/0, time-limited grader, or a custom
-reward); group-relative advantages; then per micro-batch ONE forward pass per sample over
-`[prompt, solution, verify prompt]` gives the policy rows (clipped loss with the sampler's old
-log-probs) and the verifier row (-log P(label), label Yes/No from the reward); backward; clip;
-AdamW step. The math is in `rlvfast.rl_loss`, checkpoints in `rlvfast.checkpoint`, options
+with the Sampler; grade them (1/0, time-limited grader, or a custom reward); group-relative
+advantages; then per micro-batch ONE forward pass per sample over `[prompt, solution, verify
+prompt]` (`rlvfast.train_forward`: each group's prompt once, the last layer only where the
+loss reads) gives the policy rows (clipped loss with the sampler's old log-probs) and the
+verifier row (-log P(label), label Yes/No from the reward); backward; clip; AdamW step. The
+first forward's verifier rows also give P("Yes") BEFORE the update, logged as the verifier's
+accuracy on fresh samples (lambda = 0: the sampler scores them instead). The math is in `rlvfast.rl_loss`, checkpoints in `rlvfast.checkpoint`, options
 in `rlvfast.train_config` (`--help`).
 
 With no arguments: the tiny built-in model, warm-started on imperfect synthetic solutions
@@ -150,10 +151,13 @@ def _read_rows(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBat
 
 
 def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_config: LossConfig,
-           verify_ids, eos, pad_id, device, ref_model=None, fast_forward: bool = True) -> dict:
+           verify_ids, eos, pad_id, device, ref_model=None, fast_forward: bool = True,
+           score_ids: tuple[int, int] | None = None) -> dict:
     """ppo_epochs optimizer steps over the rollouts; returns the metrics (or skipped=True).
     fast_forward: the trunk forward of `rlvfast.train_forward` where the model allows it (the
-    same gradients up to float rounding; False: HF's padded forward, the reference)."""
+    same gradients up to float rounding; False: HF's padded forward, the reference).
+    score_ids: (yes_id, no_id) to also return "p_yes", P("Yes") of every sample before the
+    update, read off the first forward's verifier rows (the sampler's score, for free)."""
     weight = lm_head_weight(model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with_verifier = config.verifier_coef > 0
@@ -174,7 +178,8 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
     totals = dict.fromkeys(("policy_loss", "verifier_loss", "kl", "num_clipped", "logprob_gap"), 0.0)
     num_tokens = sum(int(r.policy_targets.numel()) for r in rows)
     grad_norm = float("nan")
-    for _ in range(config.ppo_epochs):
+    p_yes = []
+    for epoch in range(config.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for k in totals:
@@ -187,6 +192,8 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
                     hidden = train_forward.read_hidden(model, r.input_ids, *read)  # (N + B, H)
                 out = rlv_loss(hidden, weight, r, loss_config)
             out.loss.backward()
+            if epoch == 0 and score_ids is not None and with_verifier:
+                p_yes += _p_yes(hidden, weight, r.verifier_index, score_ids)
             loss_sum += float(out.loss.detach())
             totals["policy_loss"] += float(out.policy_loss)
             totals["verifier_loss"] += float(out.verifier_loss)
@@ -196,13 +203,23 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm))
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
-            return {"skipped": True, "loss": loss_sum, "grad_norm": grad_norm}
+            return {"skipped": True, "loss": loss_sum, "grad_norm": grad_norm, "p_yes": p_yes}
         optimizer.step()
     return {"skipped": False, "loss": totals["policy_loss"] + config.kl_coef * totals["kl"]
             + config.verifier_coef * totals["verifier_loss"],
             "loss/policy": totals["policy_loss"], "loss/verifier": totals["verifier_loss"], "kl": totals["kl"],
             "clip_ratio": totals["num_clipped"] / max(1, num_tokens), "grad_norm": grad_norm,
-            "old_logprob_abs_diff": totals["logprob_gap"] / max(1, num_tokens), "num_train_tokens": num_tokens}
+            "old_logprob_abs_diff": totals["logprob_gap"] / max(1, num_tokens), "num_train_tokens": num_tokens,
+            "p_yes": p_yes}
+
+
+def _p_yes(hidden: torch.Tensor, weight: torch.Tensor, verifier_index: torch.Tensor,
+           score_ids: tuple[int, int]) -> list[float]:
+    """P("Yes") at the verifier rows of one forward (the Sampler's score: full-vocabulary softmax)."""
+    from rlvfast import ops
+    with torch.no_grad():
+        rows = hidden.detach().reshape(-1, hidden.shape[-1]).index_select(0, verifier_index).to(weight.dtype)  # (B, H)
+        return ops.verifier_scores(rows, weight.detach(), *score_ids)[0].tolist()
 
 
 # ----------------------------------------------------------------------------- one step
@@ -232,7 +249,10 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     run.model.eval()
     params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
                             temperature=config.temperature, seed=step_seed(config.seed, step))
-    outputs = sampler.generate(prompts, params, score=True)  # P("Yes") of every sample, before the update
+    # P("Yes") of every sample before the update: with the verifier in the update (lambda > 0) its
+    # first forward gives it (same rows, same weights); the base method asks the sampler for it
+    in_update = config.verifier_coef > 0
+    outputs = sampler.generate(prompts, params, score=not in_update)
     completions = [c for o in outputs for c in o.completions]
     t1 = time.perf_counter()
     rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
@@ -249,12 +269,14 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     run.model.train()
     pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else sampler.eos_ids[0]
     result = update(run.model, run.optimizer, samples, config, run.loss_config, sampler.verify_ids,
-                    sampler.eos_ids, pad_id, run.device, run.ref_model)
+                    sampler.eos_ids, pad_id, run.device, run.ref_model,
+                    score_ids=(sampler.yes_id, sampler.no_id) if in_update else None)
+    p_yes = result.pop("p_yes")
     t3 = time.perf_counter()
 
     metrics = {"step": step + 1, **_rollout_metrics(rewards, completions, config), **result}
     metrics["verifier/accuracy"], metrics["verifier/balanced_accuracy"] = verifier_accuracy(
-        [c.score for c in completions], rewards)
+        p_yes if in_update else [c.score for c in completions], rewards)
     metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
                 "time/grading": t2 - t1, "time/update": t3 - t2,
                 "tokens_per_second": int(lengths.sum()) / (t3 - t0)}

@@ -95,3 +95,37 @@ def test_rlv_loss_through_the_fast_forward_matches_the_hf_forward(micro_path):
     assert torch.allclose(got.logprobs, expected.logprobs, rtol=1e-6, atol=1e-7)
     for name, grad in expected_grads.items():
         assert torch.allclose(got_grads[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item()), name
+
+
+def test_rl_step_logs_the_samplers_p_yes_from_the_update(micro_path, tmp_path, monkeypatch):
+    """With lambda > 0 the sampler does not score; P("Yes") comes from the update's first
+    forward and equals the sampler's in-cache score of the same samples."""
+    from rlvfast import Sampler, SamplingParams
+    from rlvfast.grading import Grader
+    from rlvfast.rl_loss import LossConfig
+    from rlvfast.sampler.prompts import format_prompt
+    from rlvfast.synthetic import make_problems
+    from rlvfast.train_config import TrainConfig
+
+    model, tok = load_model(micro_path)
+    config = TrainConfig(model=str(micro_path), out=str(tmp_path), group_size=4, prompts_per_step=2,
+                         micro_batch=3, max_new_tokens=6, verify_prompt="\nOK?\n", eval_problems=0, lr=1e-3)
+    sampler = Sampler(model, tok, verify_prompt="\nOK?\n")
+    problems = make_problems(2, "train", seed=0)
+    params = SamplingParams(n=4, max_tokens=6, temperature=1.0, seed=train_mod.step_seed(config.seed, 0))
+    expected = [c.score for o in sampler.generate([format_prompt(tok, p.problem) for p in problems], params,
+                                                     score=True) for c in o.completions]
+    seen = {}
+    real_accuracy = train_mod.verifier_accuracy
+
+    def spy(scores, rewards):
+        seen["scores"] = list(scores)
+        return real_accuracy(scores, rewards)
+
+    monkeypatch.setattr(train_mod, "verifier_accuracy", spy)
+    run = train_mod.Run(config, model, tok, sampler, torch.optim.AdamW(model.parameters(), lr=1e-3),
+                        Grader(timeout=1.0), None, LossConfig(), None, torch.device("cpu"))
+    metrics, result = train_mod.rl_step(run, problems, 0)
+    run.grader.close()
+    assert "p_yes" not in metrics and not result["skipped"]
+    assert torch.allclose(torch.tensor(seen["scores"]), torch.tensor(expected), rtol=1e-4, atol=1e-6)
