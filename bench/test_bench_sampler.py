@@ -2,13 +2,19 @@
 and prefix sharing. `python -m pytest bench/test_bench_sampler.py --benchmark-only -s`.
 
 Shapes from the issue: 4 prompts x 8 samples x 128 new tokens, on the tiny built-in model
-and on SmolLM2-135M (GGUF from ../shared, skipped when absent). Both sides run with one
-intra-op thread (on the shared 2-core machine two OpenMP threads get descheduled and a
-matmul runs ~6x slower; see NOTES.md) under torch.inference_mode. Rates go to
-`benchmark.extra_info` and are printed; nothing is asserted about speed.
+and on SmolLM2-135M (GGUF from ../shared, skipped when absent). Each model verifies with the
+prompt it is used with: the tiny model with `warm_start.TINY_VERIFY_PROMPT` (the one the
+trainer teaches it), SmolLM2 with its chat template's verification turn; the verification
+cost is also measured on the tiny model with the 63-character plain-model default
+("tiny-long-verify"). Both sides run with one intra-op thread (on the shared 2-core machine
+two OpenMP threads get descheduled and a matmul runs ~6x slower; see NOTES.md) under
+torch.inference_mode. Rates and the load average go to `benchmark.extra_info` and are
+printed; nothing is asserted about speed.
 """
 from __future__ import annotations
 
+import os
+import statistics
 import time
 from pathlib import Path
 
@@ -36,12 +42,15 @@ def sampler(request, tmp_path_factory):
     from rlvfast.models import build_tiny_model, load_model
 
     if request.param == "tiny":
+        from rlvfast.warm_start import TINY_VERIFY_PROMPT
+
         model, tok = load_model(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+        s = Sampler(model, tok, verify_prompt=TINY_VERIFY_PROMPT)
     else:
         if not SMOLLM2_GGUF.exists():
             pytest.skip(f"{SMOLLM2_GGUF} not present")
         model, tok = load_model(SMOLLM2_GGUF)
-    s = Sampler(model, tok)
+        s = Sampler(model, tok)
     s.name = request.param
     return s
 
@@ -84,43 +93,65 @@ def test_bench_generate_vs_hf(benchmark, sampler, lengths):
     ours_seconds = benchmark.stats.stats.min
     info = {"model": sampler.name, "lengths": lengths, "ours_tok_s": ours_tokens / ours_seconds,
             "hf_tok_s": hf_tokens / hf_seconds, "ours_tokens": ours_tokens, "hf_tokens": hf_tokens,
-            "hf_seconds": hf_seconds}
+            "hf_seconds": hf_seconds, "loadavg_1m": os.getloadavg()[0]}
     info["speedup"] = info["ours_tok_s"] / info["hf_tok_s"]
     benchmark.extra_info.update(info)
     print(f"\n{info}")
 
 
-def test_bench_verification_cost(benchmark, sampler):
-    prompts = prompts_of(sampler)
+@pytest.mark.parametrize("verify", ["model", "long"])
+def test_bench_verification_cost(benchmark, sampler, verify):
+    """Generation with and without in-cache scores (alternating, several rounds on the tiny
+    model), the time inside the in-loop verification, and re-encoding with Sampler.score."""
+    if verify == "long":
+        if sampler.name != "tiny":
+            pytest.skip("the long plain-model prompt is the tiny model's alternative only")
+        from rlvfast.sampler.prompts import PLAIN_VERIFY_PROMPT
+
+        sampler = Sampler(sampler.model, sampler.tokenizer, verify_prompt=PLAIN_VERIFY_PROMPT)
+        sampler.name = "tiny-long-verify"
+    prompts = [format_prompt(sampler.tokenizer, p) for p in PROBLEMS]
     params = SamplingParams(n=NUM_SAMPLES, max_tokens=NEW_TOKENS, seed=1)
-    verify_seconds = []
+    rounds = 5 if sampler.name.startswith("tiny") else 1
+    plain_seconds, verify_seconds = [], []
     real_verify = sampler._verify
 
     def timed_verify(*args):
         start = time.perf_counter()
         real_verify(*args)
-        verify_seconds.append(time.perf_counter() - start)
+        verify_seconds[-1] += time.perf_counter() - start
 
-    start = time.perf_counter()
-    sampler.generate(prompts, params, score=False)
-    plain_seconds = time.perf_counter() - start
+    def plain_then_arm():  # untimed setup of each round: one generation without scores
+        start = time.perf_counter()
+        sampler.generate(prompts, params, score=False)
+        plain_seconds.append(time.perf_counter() - start)
+        verify_seconds.append(0.0)
+
+    sampler.generate(prompts, params, score=True)  # warm-up
     sampler._verify = timed_verify
     try:
         outputs = benchmark.pedantic(sampler.generate, args=(prompts, params), kwargs={"score": True},
-                                     rounds=1, iterations=1)
+                                     setup=plain_then_arm, rounds=rounds, iterations=1)
     finally:
         del sampler._verify
-    scored_seconds = benchmark.stats.stats.min
-    start = time.perf_counter()
-    sampler.score(prompts, [o.completions for o in outputs])
-    reencode_seconds = time.perf_counter() - start
-    in_cache = sum(verify_seconds)
-    info = {"model": sampler.name, "generate_s": plain_seconds, "generate_and_verify_s": scored_seconds,
-            "in_cache_verify_s": in_cache, "num_verify_forwards": len(verify_seconds),
-            "verify_share_of_generate": in_cache / (scored_seconds - in_cache),
-            "wall_overhead": scored_seconds / plain_seconds - 1, "reencode_s": reencode_seconds,
-            "reencode_over_in_cache": reencode_seconds / in_cache,
-            "mean_tokens": sum(len(c.token_ids) for o in outputs for c in o.completions) / (4 * NUM_SAMPLES)}
+    scored = list(benchmark.stats.stats.data)
+    reencode = []
+    for _ in range(2 if rounds > 1 else 1):
+        start = time.perf_counter()
+        sampler.score(prompts, [o.completions for o in outputs])
+        reencode.append(time.perf_counter() - start)
+    med = statistics.median
+    shares = [v / (s - v) for s, v in zip(scored, verify_seconds)]
+    info = {"model": sampler.name, "verify_tokens": len(sampler.verify_ids), "rounds": rounds,
+            "generate_s_min": min(plain_seconds), "generate_s_median": med(plain_seconds),
+            "generate_and_verify_s_min": min(scored), "generate_and_verify_s_median": med(scored),
+            "in_cache_verify_s_median": med(verify_seconds), "in_cache_verify_s_min": min(verify_seconds),
+            "verify_share_of_generate_median": med(shares),
+            "wall_overhead_median": med(scored) / med(plain_seconds) - 1,
+            "wall_overhead_min": min(scored) / min(plain_seconds) - 1, "reencode_s_min": min(reencode),
+            "reencode_over_in_cache": min(reencode) / min(verify_seconds),
+            "mean_tokens": sum(len(c.token_ids) for o in outputs for c in o.completions) / (4 * NUM_SAMPLES),
+            "loadavg_1m": os.getloadavg()[0]}
     benchmark.extra_info.update(info)
     print(f"\n{info}")
 
@@ -146,7 +177,7 @@ def test_bench_prefix_sharing(benchmark, sampler):
         sixteen = timed(lambda: runner.prefill([prompt] * 16, capacity=0))
     benchmark.pedantic(shared, rounds=3, iterations=1)
     info = {"model": sampler.name, "one_prompt_prefill_s": one_prompt, "shared_16_samples_s": benchmark.stats.stats.min,
-            "sixteen_prefills_s": sixteen}
+            "sixteen_prefills_s": sixteen, "loadavg_1m": os.getloadavg()[0]}
     info["shared_over_one"] = info["shared_16_samples_s"] / one_prompt
     info["sixteen_over_shared"] = sixteen / info["shared_16_samples_s"]
     benchmark.extra_info.update(info)

@@ -5,7 +5,7 @@
 its own KV cache as it ends. Files, one noun each: params (SamplingParams), outputs
 (Completion, RequestOutput), sequence (per-sample state), kv_cache (KVCache), runner
 (ModelRunner: prefill / decode_step / verify), fast_trunk (FastTrunk: a lean Llama/Qwen2
-forward), sampling (sample_tokens), prompts (format_prompt, build_verify_prompt), reference
+forward), rng (per-sample counter-based uniforms), sampling (sample_tokens), prompts (format_prompt, build_verify_prompt), reference
 (reencoded_scores), sampler (Sampler: the loop, `score`).
 """
 from rlvfast.sampler.outputs import Completion, RequestOutput
