@@ -4,7 +4,7 @@ what the loss reads.
     read_hidden(model, input_ids, lengths, prefix_lengths, read_index)
         == model.model(input_ids, attention_mask).last_hidden_state.reshape(-1, H)[read_index]
 
-for right-padded rows, up to float rounding, gradients included. Three savings over the plain
+for right-padded rows, up to float rounding, gradients included. Four savings over the plain
 padded forward, all exact in math:
 - shared prefixes: rows whose first `prefix_lengths[b]` tokens are equal (the G samples of a
   GRPO group share their prompt) run that prefix ONCE; every row's suffix attends to its
@@ -12,6 +12,8 @@ padded forward, all exact in math:
   (by causality the prefix does not depend on what follows it);
 - the last layer runs its output projection, MLP and final norm only at the positions the
   loss reads (the prefix pass needs only that layer's keys/values);
+- norms, projections and the MLP run on the real tokens only (packed: no padding), the
+  attention on the padded rows;
 - q/k/v and gate/up are one matmul each, on weights concatenated in the graph every call
   (so gradients flow to the model's own parameters), with no per-module dispatch.
 Same math as the HF modules: RMSNorm statistics in float32, the model's rotary embedding
@@ -73,10 +75,14 @@ class _Shapes:
         self.nkv = getattr(config, "num_key_value_heads", None) or self.nh
         self.hd = getattr(config, "head_dim", None) or config.hidden_size // self.nh
 
-    def qkv(self, layer: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """(B, T, H) -> q (B, nh, T, hd), k and v (B, nkv, T, hd), q and k rotated."""
-        rows, width = h.shape[:2]
-        qkv = F.linear(_rms_norm(h, *layer.norm_in), layer.qkv, layer.qkv_bias)  # (B, T, (nh + 2 nkv) hd)
+    @staticmethod
+    def project(layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., (nh + 2 nkv) hd): the fused q/k/v projection of the normed input."""
+        return F.linear(_rms_norm(h, *layer.norm_in), layer.qkv, layer.qkv_bias)
+
+    def heads(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """(B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd), q and k rotated."""
+        rows, width = qkv.shape[:2]
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
         q = _rotate(q.view(rows, width, self.nh, self.hd).transpose(1, 2), cos, sin)
         k = _rotate(k.view(rows, width, self.nkv, self.hd).transpose(1, 2), cos, sin)
@@ -127,6 +133,15 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
     if bool((read_col < cut[read_row]).any()):
         raise ValueError("read_hidden: a read position lies inside its row's shared prefix")
     read_suffix = read_row * s_width + (read_col - cut[read_row])  # (M,) into B*S
+    # per-token work (norms, projections, MLP) runs on the real suffix tokens only, packed
+    suffix_lengths = torch.tensor([int(n) - c for n, c in zip(lengths, prefix_lengths)], device=device)  # (B,)
+    is_real = (torch.arange(s_width, device=device)[None, :] < suffix_lengths[:, None]).reshape(-1)  # (B*S,)
+    real = is_real.nonzero().squeeze(1)  # (Ntok,) into B*S
+    packed_of = torch.full((rows * s_width,), -1, dtype=torch.long, device=device)
+    packed_of[real] = torch.arange(real.numel(), device=device)
+    read_packed = packed_of[read_suffix]  # (M,) into Ntok
+    if bool((read_packed < 0).any()):
+        raise ValueError("read_hidden: a read position lies past its row's length")
 
     layers = [_Layer(layer) for layer in trunk.layers]
     last = len(layers) - 1
@@ -142,14 +157,14 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
         positions = torch.arange(p_width, device=device).expand(len(prefixes), p_width)  # (U, P)
         cos, sin = (x[:, None] for x in rotary(h, positions))  # (U, 1, P, hd)
         for i, layer in enumerate(layers):
-            q, k, v = shapes.qkv(layer, h, cos, sin)
+            q, k, v = shapes.heads(shapes.project(layer, h), cos, sin)
             prefix_kv.append((k, v))
             if i < last:
                 h = h + F.linear(shapes.attend(layer, q, k, v, None), layer.o)  # causal; right padding is harmless
                 h = layer.mlp_block(h)
 
     # ---- the suffixes: attend to [own prefix (masked to its length), suffix causally]
-    h = trunk.embed_tokens(suffix_ids)  # (B, S, H)
+    h = trunk.embed_tokens(suffix_ids.reshape(-1).index_select(0, real))  # (Ntok, H)
     positions = cut[:, None] + torch.arange(s_width, device=device)  # (B, S)
     cos, sin = (x[:, None] for x in rotary(h, positions))  # (B, 1, S, hd)
     causal = torch.ones(s_width, s_width, dtype=torch.bool, device=device).tril()  # (S, S)
@@ -160,16 +175,16 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
     else:
         mask = None
     for i, layer in enumerate(layers):
-        q, k, v = shapes.qkv(layer, h, cos, sin)
+        qkv = shapes.project(layer, h)  # (Ntok, (nh + 2 nkv) hd)
+        qkv = qkv.new_zeros(rows * s_width, qkv.shape[-1]).index_copy(0, real, qkv)  # (B*S, ...) zero-padded
+        q, k, v = shapes.heads(qkv.view(rows, s_width, -1), cos, sin)
         if p_width > 0:
             pk, pv = prefix_kv[i]
             k = torch.cat([pk.index_select(0, group_t), k], dim=2)  # (B, nkv, P + S, hd)
             v = torch.cat([pv.index_select(0, group_t), v], dim=2)
-        out = shapes.attend(layer, q, k, v, mask)  # (B, S, nh hd)
+        out = shapes.attend(layer, q, k, v, mask).reshape(rows * s_width, -1)  # (B*S, nh hd)
         if i < last:
-            h = layer.mlp_block(h + F.linear(out, layer.o))
+            h = layer.mlp_block(h + F.linear(out.index_select(0, real), layer.o))  # (Ntok, H)
         else:  # only the rows the loss reads
-            flat_h = h.reshape(-1, h.shape[-1]).index_select(0, read_suffix)  # (M, H)
-            flat_out = out.reshape(-1, out.shape[-1]).index_select(0, read_suffix)  # (M, nh hd)
-            h = layer.mlp_block(flat_h + F.linear(flat_out, layer.o))
+            h = layer.mlp_block(h.index_select(0, read_packed) + F.linear(out.index_select(0, read_suffix), layer.o))
     return _rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
