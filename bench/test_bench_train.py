@@ -13,8 +13,9 @@ from the step's metrics, medians in extra_info). TRL: `GRPOTrainer.train()` for 
 steps, each step timed by a callback; the first (warm-up) is dropped from min/median. TRL's
 side runs only where `trl` (and `datasets`) are installed: it is an optional peer, not a
 dependency, and must be installed without moving torch (`pip install trl datasets -c
-constraints` with torch pinned). TRL runs with gradient checkpointing off (its default is on,
-which recomputes the forward; off is faster on a CPU); `RLVFAST_BENCH_TRL_GC=1` turns it on.
+constraints` with torch pinned). TRL runs twice: with its default GRPOConfig gradient
+checkpointing (on: the forward is recomputed in the backward) and with it off (its faster
+setting on a CPU, where memory is no issue); ours never recomputes.
 Run: `pytest bench/test_bench_train.py --benchmark-only`.
 """
 from __future__ import annotations
@@ -96,7 +97,8 @@ def test_bench_rlv_step(benchmark, bench_model_dir, tmp_path, threads, verifier_
         "train_tokens": timings[-1]["num_train_tokens"], "peak_rss_mib": _peak_rss_mib(), "trl_reference_s": 0.87})
 
 
-def test_bench_trl_grpo_step(benchmark, bench_model_dir, tmp_path, threads):
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["default-gc", "no-gc"])
+def test_bench_trl_grpo_step(benchmark, bench_model_dir, tmp_path, threads, checkpointing):
     """TRL's GRPOTrainer.train() for TRL_STEPS optimizer steps; extra_info has min/median per step."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
@@ -124,7 +126,6 @@ def test_bench_trl_grpo_step(benchmark, bench_model_dir, tmp_path, threads):
         def on_step_end(self, args, state, control, **kwargs):
             step_times.append(time.perf_counter() - self.start)
 
-    checkpointing = os.environ.get("RLVFAST_BENCH_TRL_GC", "0") == "1"
     args = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=NUM_PROMPTS * GROUP_SIZE,
                           num_generations=GROUP_SIZE, max_completion_length=MAX_NEW_TOKENS, beta=0.0,
                           max_steps=TRL_STEPS, logging_steps=TRL_STEPS, save_strategy="no", report_to=[],
