@@ -249,6 +249,30 @@ def test_no_seed_follows_torchs_global_generator(tiny_sampler):
     assert [x.token_ids for x in a] == [x.token_ids for x in c] != [x.token_ids for x in b]
 
 
+@pytest.mark.parametrize("score", [True, False])
+def test_score_at_reads_prefix_scores_in_cache_and_leaves_the_samples_alone(tiny_sampler, score):
+    params = SamplingParams(n=4, max_tokens=14, seed=21, stop=["a", "e"])
+    plain = all_completions(tiny_sampler.generate(TINY_PROMPTS, params, score=score))
+    outputs = tiny_sampler.generate(TINY_PROMPTS, params, score=score, score_at=[3, 9, 14])
+    budgeted = all_completions(outputs)
+    assert [c.token_ids for c in budgeted] == [c.token_ids for c in plain]
+    if score:
+        torch.testing.assert_close(torch.tensor([c.score for c in budgeted]), torch.tensor([c.score for c in plain]),
+                                   atol=1e-5, rtol=0)
+    rows, expected = [], []
+    for i, out in enumerate(outputs):
+        for c in out.completions:
+            assert set(c.budget_scores) == {L for L in (3, 9) if len(c.token_ids) > L}  # ran past L
+            for L, p_yes in sorted(c.budget_scores.items()):
+                rows.append((i, c.token_ids[:L]))
+                expected.append(p_yes)
+    assert 12 < len(rows) < 24  # some samples stopped before a budget, some ran past both
+    reference = tiny_sampler.score([TINY_PROMPTS[i] for i, _ in rows], [[ids] for _, ids in rows])
+    torch.testing.assert_close(torch.tensor(expected), torch.tensor([r[0] for r in reference]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="score_at"):
+        tiny_sampler.generate(TINY_PROMPTS, params, score_at=[0])
+
+
 def test_each_prompt_prefilled_once_and_finished_rows_leave(tiny_sampler, monkeypatch):
     runner = tiny_sampler.runner
     prefill_rows, decode_rows = [], []

@@ -15,8 +15,10 @@ ends and still has to be verified is parked instead: swapped to just past the li
 where decode steps no longer touch it and its keys/values stay in place (no copy) until
 `parked()` gives a view of the parked rows for their verification forward and
 `drop_parked()` frees them. Rows parked at different steps share the columns, the ones
-written after a row ended being invalid for it (a gap the mask hides). Not here: what to
-run (runner.py) or when (sampler.py).
+written after a row ended being invalid for it (a gap the mask hides). `live()` and
+`rewind()` let the live rows take a look-ahead forward (the verification of a partial
+solution) whose columns are then given back. Not here: what to run (runner.py) or when
+(sampler.py).
 """
 from __future__ import annotations
 
@@ -124,9 +126,22 @@ class KVCache:
     def parked(self, extra_columns: int) -> KVCache:
         """A cache over the parked rows that shares this one's storage (writes land in place),
         with room for `extra_columns` more columns; its forwards leave the live rows alone."""
+        return self._rows_view(self.num_rows, self.num_rows + self.num_parked, extra_columns)
+
+    def live(self, extra_columns: int) -> KVCache:
+        """The same view over the live rows, for a look-ahead forward (a verification in the
+        middle of decoding) that `rewind` then takes back."""
+        return self._rows_view(0, self.num_rows, extra_columns)
+
+    def rewind(self, view: KVCache, next_position: torch.Tensor) -> None:
+        """Forgets what a forward through `live()`'s view appended: its columns turn invalid
+        again (later decode steps overwrite them) and positions go back to `next_position`."""
+        self.is_valid[:view.num_rows, self.length:view.length] = False
+        self.next_position[:view.num_rows] = next_position
+
+    def _rows_view(self, lo: int, hi: int, extra_columns: int) -> KVCache:
         if self.length + extra_columns > self.capacity:
             self._grow(max(self.length + extra_columns, 2 * self.capacity))
-        lo, hi = self.num_rows, self.num_rows + self.num_parked
         view = KVCache.__new__(KVCache)
         view.num_rows, view.num_parked = hi - lo, 0
         view.capacity, view.length, view._write_start = self.length + extra_columns, self.length, self.length

@@ -20,6 +20,9 @@ class Completion:
     answer: str | None = None  # rlvfast.grading.extract_answer(text)
     score: float | None = None  # P("Yes") after the verification prompt; None when not scored
     stop_reason: int | str | None = None  # the EOS id or stop string that ended it, as in vLLM
+    # P("Yes") of the first L tokens for each L of generate(score_at=...) the sample ran past
+    # (read through its KV cache at that step; a sample that ended by L has only `score`)
+    budget_scores: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -84,28 +84,35 @@ class Sampler:
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
     def generate(self, prompts: Seq[Prompt], params: SamplingParams | None = None, score: bool = True,
-                 progress: bool = False) -> list[RequestOutput]:
+                 progress: bool = False, score_at: Seq[int] = ()) -> list[RequestOutput]:
         """n samples per prompt, each with P("Yes") when `score` (see the module docstring).
 
         A sample stops at any EOS id of the model (kept as the last of its token_ids, left
         out of its text), at a stop string (token_ids end with the token that completed it;
         the text is cut before it), or after max_tokens ("length"; still scored).
+        `score_at`: token budgets L; every sample still running after L tokens also gets
+        P("Yes") of its first L tokens in `Completion.budget_scores[L]`, read through its own
+        KV cache in the loop (one forward over the live rows, then taken back), as
+        `score(prompt, token_ids[:L])` would re-encode it (sequential scaling).
         """
         params = params or SamplingParams()
+        budgets = _budgets(score_at)
         prompt_ids = self._encode_all(prompts)
-        self._check_lengths(prompt_ids, params.max_tokens + (len(self.verify_ids) + 1 if score else 0))
+        verifies = score or bool(budgets)
+        self._check_lengths(prompt_ids, params.max_tokens + (len(self.verify_ids) + 1 if verifies else 0))
         keys = None if params.is_greedy else sample_keys(resolve_seed(params.seed), prompt_ids, params.n)
-        seqs = self._run(prompt_ids, params, score, keys, progress)
+        seqs = self._run(prompt_ids, params, score, keys, progress, budgets)
         return self._outputs(prompts, prompt_ids, seqs, params)
 
     def _run(self, prompt_ids: list[list[int]], params: SamplingParams, score: bool,
-             keys: list[int] | None, progress: bool) -> list[Sequence]:
+             keys: list[int] | None, progress: bool, budgets: frozenset[int] = frozenset()) -> list[Sequence]:
         n, runner = params.n, self.runner
         cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
         share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
         # Room for INITIAL_DECODE_COLUMNS new tokens (+ the verification); the cache doubles its
         # columns if samples run longer (the last token of a sample is never written: max_tokens - 1).
-        columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS)) + (1 + len(self.verify_ids) if score else 0)
+        columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS))
+        columns += 1 + len(self.verify_ids) if score or budgets else 0
         cache = cache.copy_rows(share, capacity=cache.length + columns)
         logits = logits[share]  # (P*n, V)
         seqs = [Sequence(i, i // n, len(prompt_ids[i // n]), key=None if keys is None else keys[i])
@@ -130,6 +137,8 @@ class Sampler:
             if parked and (not row_seq or len(parked) >= flush_rows):
                 self._verify(cache, parked)
                 parked = []
+            if row_seq and seqs[row_seq[0]].num_completion_tokens in budgets:
+                self._verify_live(cache, [seqs[i] for i in row_seq])
             if not row_seq:
                 break
             logits = runner.decode_step(cache, tokens)
@@ -175,6 +184,17 @@ class Sampler:
         for seq, p_yes in zip(parked, self.runner.verify(view, last, self.verify_ids).tolist()):
             seq.score = p_yes
         cache.drop_parked()
+
+    def _verify_live(self, cache: KVCache, live: list[Sequence]) -> None:
+        """P("Yes") of the live rows' solutions so far (`live` in row order), through a
+        look-ahead forward that is then rewound, so decoding goes on as if it never ran."""
+        positions = cache.next_position[:cache.num_rows].clone()
+        view = cache.live(extra_columns=1 + len(self.verify_ids))
+        last = [None if s.token_ids[-1] in self._eos_set else s.token_ids[-1] for s in live]  # as solution_ids()
+        p_yes = self.runner.verify(view, last, self.verify_ids).tolist()
+        cache.rewind(view, positions)
+        for seq, p in zip(live, p_yes):
+            seq.budget_scores[seq.num_completion_tokens] = p
 
     # ------------------------------------------------------------------ the reference path
     @torch.inference_mode()
@@ -241,8 +261,15 @@ class Sampler:
             outputs[seq.prompt_index].completions.append(Completion(
                 text=text, token_ids=seq.token_ids, logprobs=torch.tensor(seq.logprobs, dtype=torch.float32),
                 finish_reason=seq.finish_reason, answer=extract(text) if extract else None, score=seq.score,
-                stop_reason=seq.stop_reason))
+                stop_reason=seq.stop_reason, budget_scores=dict(seq.budget_scores)))
         return outputs
+
+
+def _budgets(score_at: Seq[int]) -> frozenset[int]:
+    if isinstance(score_at, (str, bytes)) or not all(isinstance(L, int) and not isinstance(L, bool) and L >= 1
+                                                     for L in score_at):
+        raise ValueError(f"score_at must be a list of token budgets >= 1, got {score_at!r}")
+    return frozenset(score_at)
 
 
 def _answer_extractor():

@@ -27,6 +27,7 @@ class Sequence:
     ends_with_eos: bool = False        # then the last token is left out of the verified solution
     score: float | None = None
     key: int | None = None             # its random stream (rng.py); None when greedy
+    budget_scores: dict[int, float] = field(default_factory=dict)  # generate(score_at=...)
 
     @property
     def num_completion_tokens(self) -> int:
