@@ -64,3 +64,9 @@ def test_inverse_cdf_frequencies():
     freq = torch.bincount(inverse_cdf(probs, u, block=2), minlength=5).double() / 100_000
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0], dtype=torch.float64),
                                atol=0.005, rtol=0)
+
+
+def test_inverse_cdf_stays_in_range_on_nan():
+    probs = torch.full((2, 300), float("nan"))
+    tokens = inverse_cdf(probs, torch.tensor([0.3, 0.9]), block=256)
+    assert ((tokens >= 0) & (tokens < 300)).all()

@@ -51,13 +51,15 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int = CDF_BL
     across = within[:, :, -1].double().cumsum(dim=-1)  # (B, nb) float64 CDF at block ends
     total = across[:, -1:]  # (B, 1)
     target = torch.minimum(uniforms.to(across)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    b = torch.searchsorted(across, target, right=True)  # (B, 1): first block whose end exceeds target
+    # (B, 1): first block whose end exceeds target (the clamps bind only on NaN logits, which
+    # would otherwise index past the end: a device assert on a GPU)
+    b = torch.searchsorted(across, target, right=True).clamp_(max=across.shape[1] - 1)
     before = torch.where(b > 0, across.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(target))  # (B, 1)
     row = within.gather(1, b[:, :, None].expand(rows, 1, block))[:, 0]  # (B, block)
     last = row[:, -1:]
     rest = torch.minimum((target - before).to(row.dtype), torch.nextafter(last, torch.zeros_like(last)))
     j = torch.searchsorted(row, rest.contiguous(), right=True)  # (B, 1): first token whose sum exceeds rest
-    return (b * block + j)[:, 0]
+    return (b * block + j)[:, 0].clamp_(max=vocab - 1)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
