@@ -9,8 +9,9 @@ prompt]` (`rlvfast.train_forward`: each group's prompt once, the last layer only
 loss reads) gives the policy rows (clipped loss with the sampler's old log-probs) and the
 verifier row (-log P(label), label Yes/No from the reward); backward; clip; AdamW step. The
 first forward's verifier rows also give P("Yes") BEFORE the update, logged as the verifier's
-accuracy on fresh samples (lambda = 0: the sampler scores them instead). The math is in `rlvfast.rl_loss`, checkpoints in `rlvfast.checkpoint`, options
-in `rlvfast.train_config` (`--help`).
+accuracy on fresh samples (lambda = 0: the sampler scores them instead). The math is in
+`rlvfast.rl_loss`, checkpoints in `rlvfast.checkpoint`, options in `rlvfast.train_config`
+(`--help`).
 
 With no arguments: the tiny built-in model, warm-started on imperfect synthetic solutions
 (cached), trained with RL^V, then a table on held-out `test` and `hard` problems: pass@1 of
