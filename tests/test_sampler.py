@@ -355,15 +355,29 @@ def check_fast_trunk_matches_hf(model, tok, prompts):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_fast_trunk_matches_hf_trunk_and_follows_weight_updates(tiny_model):
+def _update_in_place(model, how: str) -> None:
+    """Weight updates as training makes them; the last two do not bump `Parameter._version`."""
+    if how == "add_":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+    elif how == "data":
+        for p in model.parameters():
+            p.data.add_(torch.randn_like(p) * 0.5)
+    else:  # a fused AdamW step
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        torch.optim.AdamW(model.parameters(), lr=0.3, fused=True).step()
+
+
+@pytest.mark.parametrize("how", ["add_", "data", "fused_adamw"])
+def test_fast_trunk_matches_hf_trunk_and_follows_weight_updates(tiny_model, how):
     model, tok = copy.deepcopy(tiny_model[0]), tiny_model[1]
     check_fast_trunk_matches_hf(model, tok, TINY_PROMPTS)
     sampler = Sampler(model, tok)
     params = SamplingParams(n=2, max_tokens=8, seed=5)
     before = sampler.generate(TINY_PROMPTS, params)
-    with torch.no_grad():  # an optimizer step changes weights in place
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
+    _update_in_place(model, how)
     after = sampler.generate(TINY_PROMPTS, params)
     reference = Sampler(model, tok, fast_path=False).generate(TINY_PROMPTS, params)
     assert [c.token_ids for c in all_completions(after)] == [c.token_ids for c in all_completions(reference)]

@@ -5,8 +5,8 @@ attention through SDPA, SiLU-gated MLP) with two changes for small-batch decodin
 CPU: q/k/v and gate/up are each one matmul on weights concatenated once (7 matmuls per
 layer become 4), and there is no per-layer module dispatch, hooks or kwargs plumbing. On
 the tiny model a decode step is mostly such overhead (see NOTES.md). The fused weights are
-rebuilt when any source parameter changes (a training step bumps its version counter), so
-a model trained between generate() calls is never sampled with stale weights. Only the last
+rebuilt at the start of every generate() (`refresh`), so a model trained between calls is
+never sampled with stale weights, whatever optimizer updated it. Only the last
 position gets the final norm, and in a forward of several tokens (prefill, verification) the
 last layer computes keys/values for all of them but the rest for the last one only.
 Anything else (another architecture, a sliding window, q/k norms, a non-SiLU MLP) is
@@ -42,8 +42,6 @@ class FastTrunk:
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self._weights: list[dict] = []
-        self._params = list(self.trunk.parameters())  # walked once: walking modules per step cost ~6% on tiny
-        self._versions: tuple = ()
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -64,14 +62,13 @@ class FastTrunk:
                 return False
         return all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers"))
 
-    def _refresh(self) -> None:
-        """(Re)builds the fused weights when a parameter changed since the last build."""
-        versions = tuple((p.data_ptr(), p._version) for p in self._params)
-        if versions == self._versions:
-            return
+    def refresh(self) -> None:
+        """Rebuilds the fused weights from the model's parameters as they are now. The Sampler
+        calls it at the start of every generate(): parameter versions cannot tell when weights
+        changed, since a fused optimizer (AdamW(fused=True)) and `.data` writes update them in
+        place without bumping `_version`."""
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode
             self._weights = [self._fuse(layer) for layer in self.trunk.layers]
-        self._versions = versions
 
     @staticmethod
     def _fuse(layer: torch.nn.Module) -> dict:
@@ -93,7 +90,8 @@ class FastTrunk:
 
     def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""
-        self._refresh()
+        if not self._weights:
+            self.refresh()
         rows, num_new = input_ids.shape
         nh, nkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         h = self.trunk.embed_tokens(input_ids)  # (B, T, H)

@@ -55,6 +55,11 @@ class ModelRunner:
         # Llama-family trunks run through a lean forward; others (and fast_path=False) through HF's.
         self.fast = FastTrunk(model) if fast_path and self.is_plain_head and FastTrunk.supports(model) else None
 
+    def sync_weights(self) -> None:
+        """Called at the start of every generate()/score(): the model may have been trained since."""
+        if self.fast is not None:
+            self.fast.refresh()
+
     def new_cache(self, num_rows: int, capacity: int) -> KVCache:
         return KVCache(num_rows, capacity, self.device, self.dtype)
 

@@ -103,6 +103,7 @@ class Sampler:
         verifies = score or bool(budgets)
         self._check_lengths(prompt_ids, params.max_tokens + (len(self.verify_ids) + 1 if verifies else 0))
         keys = None if params.is_greedy else sample_keys(resolve_seed(params.seed), prompt_ids, params.n)
+        self.runner.sync_weights()
         seqs = self._run(prompt_ids, params, score, keys, progress, budgets)
         return self._outputs(prompts, prompt_ids, seqs, params)
 
