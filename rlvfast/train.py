@@ -375,8 +375,9 @@ def train(config: TrainConfig, log=print) -> dict:
     sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
     loss_config = LossConfig(clip_low=config.clip_low, clip_high=config.clip_high, temperature=config.temperature,
                              verifier_coef=config.verifier_coef, kl_coef=config.kl_coef)
+    # fused: one kernel over all parameters (CPU: ~6 ms per step instead of 21-33 ms)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.99))
+                                  betas=(0.9, 0.99), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup) if config.warmup else 1.0)
     grader = Grader(timeout=config.grader_timeout)
