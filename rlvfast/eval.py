@@ -269,7 +269,9 @@ class Evaluator:
         prompts = [self.prompt(p) for p in problems]
         params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_p=args.top_p, seed=args.seed * 1_000_003 + first_index)
-        outputs = self.sampler.generate(prompts, params, score=True, progress=self.show_progress)
+        # each budget L < max_tokens: P("Yes") of the first L tokens, read in the samples' own KV cache
+        budgets = [L for L in (args.lengths or ()) if L < args.max_tokens]
+        outputs = self.sampler.generate(prompts, params, score=True, progress=self.show_progress, score_at=budgets)
         self.num_model_calls += 1
         completions = [c for out in outputs for c in out.completions]
         golds = [p.answer for p in problems for _ in range(self.args.n)]
@@ -301,7 +303,9 @@ class Evaluator:
             record["judge_text"] = out.completions[0].text
 
     def _add_budgets(self, prompts: list[str], completions: list, records: list[dict], golds: list) -> None:
-        """For each budget L: the first L tokens of each sample, graded and scored."""
+        """For each budget L: the first L tokens of each sample, graded and scored. The scores
+        come from generate(score_at=...) (in-cache, as a continuation would read them); a cut
+        prefix without one is re-encoded with `Sampler.score`."""
         from rlvfast.grading import last_boxed
 
         n = self.args.n
@@ -309,11 +313,12 @@ class Evaluator:
             cut = [j for j, c in enumerate(completions) if len(c.token_ids) > L]
             prefixes = {j: list(completions[j].token_ids[:L]) for j in cut}
             texts = {j: self.tokenizer.decode(prefixes[j], skip_special_tokens=True) for j in cut}
-            scores = {}
-            if cut:  # token in, token out: the prefix ids are scored as sampled, not re-tokenized
-                rescored = self.sampler.score([prompts[j // n] for j in cut], [[prefixes[j]] for j in cut])
+            scores = {j: float(completions[j].budget_scores[L]) for j in cut if L in completions[j].budget_scores}
+            missing = [j for j in cut if j not in scores]
+            if missing:  # token in, token out: the prefix ids are scored as sampled, not re-tokenized
+                rescored = self.sampler.score([prompts[j // n] for j in missing], [[prefixes[j]] for j in missing])
                 self.num_model_calls += 1
-                scores = {j: float(s[0]) for j, s in zip(cut, rescored)}
+                scores |= {j: float(s[0]) for j, s in zip(missing, rescored)}
             # A prefix counts as answered only once it has written a \boxed{} answer: the
             # grader's last-number fallback would read "15" out of an unfinished "7+8=15\n15-".
             boxed = [j for j in cut if last_boxed(texts[j]) is not None]

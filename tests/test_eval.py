@@ -31,7 +31,8 @@ class ScriptedSampler:
         right = text.endswith(f"\\boxed{{{gold}}}")
         return round(0.3 + 0.7 * rng.random() if right else 0.8 * rng.random(), 6)
 
-    def generate(self, prompts, params, score=True, progress=False):
+    def generate(self, prompts, params, score=True, progress=False, score_at=()):
+        """No in-cache budget scores (`budget_scores` empty): eval falls back to `score`."""
         type(self).num_generate_calls += 1
         outputs = []
         for prompt in prompts:
@@ -46,6 +47,7 @@ class ScriptedSampler:
                 ids = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_tokens]
                 completions.append(SimpleNamespace(
                     text=text, token_ids=ids, logprobs=[0.0] * len(ids), finish_reason="stop", answer=None,
+                    budget_scores={},
                     score=self._score(rng, text, gold) if gold else round(rng.random(), 6)))
             outputs.append(SimpleNamespace(prompt=prompt, completions=completions))
         return outputs
