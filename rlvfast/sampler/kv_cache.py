@@ -107,21 +107,32 @@ class KVCache:
         swapping them with the last live rows. Returns the old row number of each storage row
         [0, old num_rows) in its new order: the live rows, then the newly parked ones (which
         come before the rows parked earlier)."""
-        order = list(range(self.num_rows))
-        ended = set(rows)
-        new_count = self.num_rows - len(ended)
-        holes = [r for r in sorted(ended) if r < new_count]
-        movers = [r for r in range(new_count, self.num_rows) if r not in ended]
-        if holes:
-            a = torch.tensor(holes, device=self.is_valid.device)
-            b = torch.tensor(movers, device=self.is_valid.device)
-            both, swapped = torch.cat([a, b]), torch.cat([b, a])
-            for tensor in (self.is_valid, self.next_position, *self.keys, *self.values):
-                tensor.index_copy_(0, both, tensor.index_select(0, swapped))
-            for h, m in zip(holes, movers):
-                order[h], order[m] = m, h
-        self.num_rows, self.num_parked = new_count, self.num_parked + len(ended)
+        new_count, order = self._fill_holes(rows, swap=True)
+        self.num_rows, self.num_parked = new_count, self.num_parked + len(set(rows))
         return order
+
+    def _fill_holes(self, rows: list[int], swap: bool) -> tuple[int, list[int]]:
+        """The last live rows not in `rows` move into the holes `rows` leave among the first
+        (num_rows - len(rows)) rows; with `swap` the rows in the holes take their places
+        (parking), else they are overwritten (removal). Returns the new live count and the old
+        row number of each of the first num_rows storage rows in its new order."""
+        order = list(range(self.num_rows))
+        leaving = set(rows)
+        new_count = self.num_rows - len(leaving)
+        holes = [r for r in sorted(leaving) if r < new_count]
+        movers = [r for r in range(new_count, self.num_rows) if r not in leaving]
+        if holes:
+            dst = torch.tensor(holes, device=self.is_valid.device)
+            src = torch.tensor(movers, device=self.is_valid.device)
+            if swap:
+                dst, src = torch.cat([dst, src]), torch.cat([src, dst])
+            for tensor in (self.is_valid, self.next_position, *self.keys, *self.values):
+                tensor.index_copy_(0, dst, tensor.index_select(0, src))
+            for h, m in zip(holes, movers):
+                order[h] = m
+                if swap:
+                    order[m] = h
+        return new_count, order
 
     def parked(self, extra_columns: int) -> KVCache:
         """A cache over the parked rows that shares this one's storage (writes land in place),
@@ -159,20 +170,9 @@ class KVCache:
     def remove_rows(self, rows: list[int]) -> list[int]:
         """Drops `rows` (live row numbers); the last live rows move into the holes. Returns the
         old row number of each remaining row, in its new order."""
-        order = list(range(self.num_rows))
-        dead = set(rows)
-        new_count = self.num_rows - len(dead)
-        holes = [r for r in sorted(dead) if r < new_count]
-        movers = [r for r in range(new_count, self.num_rows) if r not in dead]
-        if holes:
-            dst = torch.tensor(holes, device=self.is_valid.device)
-            src = torch.tensor(movers, device=self.is_valid.device)
-            for tensor in (self.is_valid, self.next_position, *self.keys, *self.values):
-                tensor.index_copy_(0, dst, tensor.index_select(0, src))
-            for h, m in zip(holes, movers):
-                order[h] = m
         if self.num_parked:
             raise RuntimeError("KVCache.remove_rows with parked rows: verify and drop them first")
+        new_count, order = self._fill_holes(rows, swap=False)
         self.num_rows = new_count
         if 0 < new_count <= self.is_valid.shape[0] // 2:  # free the dead half
             self._shrink_storage()
