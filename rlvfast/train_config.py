@@ -78,6 +78,9 @@ class TrainConfig:
     eval_splits: list[str] = _opt(("test", "hard"), "synthetic splits of the final table")
     warm_start_steps: int = _opt(WarmStartConfig.__dataclass_fields__["steps"].default,
                                  "supervised warm-start steps of the tiny model (cached by its config)")
+    warm_start_verifier_steps: int = _opt(0, "steps of the tiny model's optional verifier warm start after "
+                                          "the supervised one: contrastive right/wrong pairs, label loss "
+                                          "averaged on its own (0 = off; ~400 teach the verifier, NOTES.md)")
 
     def __post_init__(self) -> None:
         self.eval_splits = list(self.eval_splits)
@@ -92,7 +95,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("warmup", "eval_problems", "seed"):
+        for name in ("warmup", "eval_problems", "seed", "warm_start_verifier_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {value!r}")
@@ -127,7 +130,7 @@ class TrainConfig:
         return TINY_VERIFY_PROMPT if self.verify_prompt is None and self.is_tiny else self.verify_prompt
 
     def warm_start_config(self) -> WarmStartConfig:
-        return WarmStartConfig(steps=self.warm_start_steps)
+        return WarmStartConfig(steps=self.warm_start_steps, verifier_steps=self.warm_start_verifier_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from rlvfast import checkpoint as ckpt
 from rlvfast import train as train_mod
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train_config import TrainConfig, parse_config
+from rlvfast.warm_start import WarmStartConfig
 
 REWARD_MODULE = '''
 def parity(prompts, completions, completion_ids, answer, **columns):
@@ -192,6 +193,11 @@ def test_config_file_then_flags(tmp_path):
         TrainConfig(group_size=0)
     with pytest.raises(SystemExit):
         parse_config(["--algo", "ppo"])
+    warm = parse_config(["--warm-start-steps", "5", "--warm-start-verifier-steps", "7"]).warm_start_config()
+    assert (warm.steps, warm.verifier_steps) == (5, 7)
+    assert parse_config([]).warm_start_config().cache_key() == WarmStartConfig().cache_key()  # phase 2 off
+    with pytest.raises(ValueError, match="warm_start_verifier_steps"):
+        TrainConfig(warm_start_verifier_steps=-1)
 
 
 def test_help_lists_the_options(capsys):
