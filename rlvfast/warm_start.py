@@ -10,7 +10,10 @@ kind of error (off by 1-3), which RL then has to remove. The loss covers the sol
 `[prompt, solution, TINY_VERIFY_PROMPT, Yes/No]` (loss on the label only) so the model has
 produced "Yes"/"No" before RL^V: without them RL^V starts at ~10 nats of verifier loss and
 its gradient wrecks the policy (NOTES.md, Trainer). Measured: these rows teach the label
-format and base rate, not yet the discrimination, which is left to RL^V.
+format and base rate, not the discrimination. An optional phase 2 (`verifier_steps` > 0,
+off by default) does: contrastive pairs (one problem solved right and wrong in the same
+batch) with the label loss averaged on its own (`split_loss`) take the held-out AUC from
+0.51 to 0.87 in 400 steps, after a ~250-step plateau (NOTES.md, Trainer).
 
 The result is an ordinary Hugging Face directory cached under
 `~/.cache/rlvfast/warm_start/<hash of the config>/` (or `$RLVFAST_CACHE`), written into a
