@@ -30,22 +30,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from rlvfast.sampler.fast_trunk import FastTrunk
+from rlvfast.sampler.fast_trunk import FastTrunk, rms_norm, rotate
 
 
 def supports(model: torch.nn.Module) -> bool:
     """A Llama-family trunk this forward reproduces (the sampler's FastTrunk set, no dropout)."""
     return FastTrunk.supports(model) and not getattr(model.config, "attention_dropout", 0.0)
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.to(torch.float32)  # HF LlamaRMSNorm: float32 statistics
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 class _Layer:
@@ -64,7 +54,7 @@ class _Layer:
         self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
 
     def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(_rms_norm(h, *self.norm_post), self.gate_up).chunk(2, dim=-1)
+        gate, up = F.linear(rms_norm(h, *self.norm_post), self.gate_up).chunk(2, dim=-1)
         return h + F.linear(F.silu(gate) * up, self.down)
 
 
@@ -78,14 +68,14 @@ class _Shapes:
     @staticmethod
     def project(layer: _Layer, h: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., (nh + 2 nkv) hd): the fused q/k/v projection of the normed input."""
-        return F.linear(_rms_norm(h, *layer.norm_in), layer.qkv, layer.qkv_bias)
+        return F.linear(rms_norm(h, *layer.norm_in), layer.qkv, layer.qkv_bias)
 
     def heads(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd), q and k rotated."""
         rows, width = qkv.shape[:2]
         q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
-        q = _rotate(q.view(rows, width, self.nh, self.hd).transpose(1, 2), cos, sin)
-        k = _rotate(k.view(rows, width, self.nkv, self.hd).transpose(1, 2), cos, sin)
+        q = rotate(q.view(rows, width, self.nh, self.hd).transpose(1, 2), cos, sin)
+        k = rotate(k.view(rows, width, self.nkv, self.hd).transpose(1, 2), cos, sin)
         return q, k, v.view(rows, width, self.nkv, self.hd).transpose(1, 2)
 
     def attend(self, layer: _Layer, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
@@ -187,4 +177,4 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
             h = layer.mlp_block(h + F.linear(out.index_select(0, real), layer.o))  # (Ntok, H)
         else:  # only the rows the loss reads
             h = layer.mlp_block(h.index_select(0, read_packed) + F.linear(out.index_select(0, read_suffix), layer.o))
-    return _rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
+    return rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)

@@ -22,14 +22,15 @@ _LAYER_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # The HF LlamaRMSNorm math, op for op (float32 statistics).
     x32 = x.to(torch.float32)
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (HF's rotate_half form) of x (..., hd) with cos/sin broadcast to it."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
@@ -99,28 +100,28 @@ class FastTrunk:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
         last_layer = len(self._weights) - 1
         for layer_idx, w in enumerate(self._weights):
-            x = _rms_norm(h, *w["norm_in"])
+            x = rms_norm(h, *w["norm_in"])
             if layer_idx == last_layer and num_new > 1:
                 # Only column T-1 is read out: the last layer needs keys/values of every new
                 # column (they are attended to) but queries, attention, o_proj and the MLP of
                 # the last one only (a verify forward of 17 tokens saves ~1/4 on the tiny model).
                 q = F.linear(x[:, -1:], w["q"], w["q_bias"])  # (B, 1, nh hd)
                 k, v = F.linear(x, w["kv"], w["kv_bias"]).split([nkv * hd, nkv * hd], dim=-1)
-                q = _rotate(q.view(rows, 1, nh, hd).transpose(1, 2), cos[:, :, -1:], sin[:, :, -1:])  # (B, nh, 1, hd)
+                q = rotate(q.view(rows, 1, nh, hd).transpose(1, 2), cos[:, :, -1:], sin[:, :, -1:])  # (B, nh, 1, hd)
                 h, mask = h[:, -1:], mask[:, :, -1:]
             else:
                 qkv = F.linear(x, w["qkv"], w["qkv_bias"])  # (B, T, (nh + 2 nkv) hd)
                 q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-                q = _rotate(q.view(rows, num_new, nh, hd).transpose(1, 2), cos, sin)  # (B, nh, T, hd)
-            k = _rotate(k.view(rows, num_new, nkv, hd).transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
+                q = rotate(q.view(rows, num_new, nh, hd).transpose(1, 2), cos, sin)  # (B, nh, T, hd)
+            k = rotate(k.view(rows, num_new, nkv, hd).transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
             v = v.view(rows, num_new, nkv, hd).transpose(1, 2)
             k, v = cache.update(k, v, layer_idx)  # (B, nkv, S, hd)
             h = h + F.linear(self._attention(q, k, v, mask, w["scaling"]), w["o"])
-            x = _rms_norm(h, *w["norm_post"])
+            x = rms_norm(h, *w["norm_post"])
             gate, up = F.linear(x, w["gate_up"]).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, w["down"])
         norm = self.trunk.norm
-        return _rms_norm(h[:, -1], norm.weight, norm.variance_epsilon)  # (B, H)
+        return rms_norm(h[:, -1], norm.weight, norm.variance_epsilon)  # (B, H)
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                    scale: float) -> torch.Tensor:
