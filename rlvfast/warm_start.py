@@ -201,31 +201,64 @@ def _cosine_schedule(optimizer, warmup: int, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
 
 
+def loss_weights(labels: torch.Tensor, is_label_row: torch.Tensor, split: bool) -> torch.Tensor:
+    """Per-target weights of the next-token loss, labels (B, T) with -100 = no loss -> (B, T-1).
+    Pooled (split=False): the mean over every target token. Split: the mean over the solution
+    rows' tokens + the mean over the verification rows' labels, so the one label per row is
+    not ~2% of a pooled mean (phase 2)."""
+    has_loss = (labels[:, 1:] != -100).float()  # (B, T-1)
+    if not split:
+        return has_loss / has_loss.sum().clamp(min=1)
+    label_rows = is_label_row[:, None].float()  # (B, 1)
+    solution, label = has_loss * (1 - label_rows), has_loss * label_rows
+    return solution / solution.sum().clamp(min=1) + label / label.sum().clamp(min=1)
+
+
 def split_loss(logits: torch.Tensor, labels: torch.Tensor, is_label_row: torch.Tensor) -> torch.Tensor:
-    """Phase 2's loss: mean next-token loss over the solution rows' tokens + mean over the
-    verification rows' labels, so the one label per row is not ~2% of a pooled mean.
-    logits (B, T, V), labels (B, T) with -100 = no loss, is_label_row (B,) bool -> scalar."""
-    targets = labels[:, 1:]  # (B, T-1)
+    """Phase 2's loss on one padded batch: logits (B, T, V), labels (B, T), is_label_row (B,)
+    bool -> scalar (`loss_weights(split=True)` times the per-token cross-entropy)."""
+    targets = labels[:, 1:].clamp(min=0)  # (B, T-1); -100 has weight 0
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")  # (B, T-1)
-    has_loss = targets != -100  # (B, T-1)
-    solution, label = has_loss & ~is_label_row[:, None], has_loss & is_label_row[:, None]
-    return sum(per_token[mask].mean() for mask in (solution, label) if mask.any())
+    return (per_token * loss_weights(labels, is_label_row, split=True)).sum()
 
 
-def _run_phase(model, name: str, steps: int, lr: float, warmup: int, batch_fn, loss_fn, log) -> None:
+def backward_in_buckets(model, input_ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                        pad_id: int, bucket_rows: int = 64) -> float:
+    """loss = sum(weights * next-token cross-entropy) over a right-padded batch, backward
+    included; returns the loss. Rows are sorted by length and run `bucket_rows` at a time, each
+    bucket cut to its own longest row: with 2-4 operand problems a padded batch is ~35% pad,
+    and a right-padded row's real tokens do not see the padding, so this is the same loss and
+    gradient as one padded forward at ~2/3 of the cost (tested)."""
+    lengths = (input_ids != pad_id).sum(1)  # (B,)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    total = 0.0
+    for start in range(0, len(order), bucket_rows):
+        rows = order[start:start + bucket_rows]
+        width = int(lengths[rows[0]])
+        ids = input_ids[rows, :width]  # (b, w)
+        logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits  # (b, w, V)
+        targets = labels[rows, 1:width].clamp(min=0)  # (b, w-1)
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")  # (b, w-1)
+        loss = (per_token * weights[rows, :width - 1]).sum()
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _run_phase(model, name: str, steps: int, lr: float, warmup: int, batch_fn, pad_id: int, log) -> None:
+    """batch_fn(step) -> (input_ids, labels, weights); AdamW, cosine schedule, clip 1.0."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = _cosine_schedule(optimizer, warmup, steps)
     start = time.perf_counter()
     for step in range(steps):
-        input_ids, labels = batch_fn(step)
-        loss = loss_fn(input_ids, labels)
+        input_ids, labels, weights = batch_fn(step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward_in_buckets(model, input_ids, labels, weights, pad_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         if log and (step % 25 == 0 or step == steps - 1):
-            log(f"{name} step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"{name} step {step + 1}/{steps} loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
 
 
 def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=print) -> Path:
@@ -239,22 +272,20 @@ def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=pr
     rng = random.Random(config.seed)
     start = time.perf_counter()
 
-    def attention_mask(input_ids):
-        return (input_ids != tokenizer.pad_token_id).long()
+    def phase_one_batch(step):
+        input_ids, labels = make_batch(tokenizer, rng, config, problem_seed=10_000_000 + step)
+        return input_ids, labels, loss_weights(labels, torch.zeros(len(labels), dtype=torch.bool), split=False)
 
-    _run_phase(model, "warm start", config.steps, config.lr, config.warmup,
-               lambda step: make_batch(tokenizer, rng, config, problem_seed=10_000_000 + step),
-               lambda ids, labels: model(input_ids=ids, attention_mask=attention_mask(ids), labels=labels).loss, log)
+    def phase_two_batch(step):
+        input_ids, labels = make_verifier_batch(tokenizer, rng, config, problem_seed=20_000_000 + step)
+        is_label_row = torch.arange(len(labels)) >= config.verifier_solution_rows  # (B,)
+        return input_ids, labels, loss_weights(labels, is_label_row, split=True)
+
+    _run_phase(model, "warm start", config.steps, config.lr, config.warmup, phase_one_batch,
+               tokenizer.pad_token_id, log)
     if config.verifier_steps:
-        first_pair_row = config.verifier_solution_rows
-
-        def pair_loss(ids, labels):
-            is_label_row = torch.arange(ids.shape[0]) >= first_pair_row  # (B,)
-            return split_loss(model(input_ids=ids, attention_mask=attention_mask(ids)).logits, labels, is_label_row)
-
-        _run_phase(model, "verifier warm start", config.verifier_steps, config.verifier_lr, 20,
-                   lambda step: make_verifier_batch(tokenizer, rng, config, problem_seed=20_000_000 + step),
-                   pair_loss, log)
+        _run_phase(model, "verifier warm start", config.verifier_steps, config.verifier_lr, 20, phase_two_batch,
+                   tokenizer.pad_token_id, log)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from rlvfast.models import TinyModelConfig, build_char_tokenizer, load_model, yes_no_ids
 from rlvfast.synthetic import evaluate
-from rlvfast.warm_start import (TINY_VERIFY_PROMPT, WarmStartConfig, cached_warm_start, make_batch,
-                                make_verifier_batch, split_loss)
+from rlvfast.warm_start import (TINY_VERIFY_PROMPT, WarmStartConfig, backward_in_buckets, cached_warm_start,
+                                loss_weights, make_batch, make_verifier_batch, split_loss)
 
 
 def test_batch_rows_and_labels():
@@ -78,6 +78,38 @@ def test_split_loss_averages_solution_tokens_and_labels_separately():
     torch.testing.assert_close(loss, solution + label)
     pooled = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
     assert not torch.isclose(loss, pooled)
+
+
+def test_pooled_weights_are_the_plain_mean_over_targets():
+    labels = torch.full((2, 5), -100)
+    labels[0, 1:4], labels[1, 4] = torch.tensor([3, 4, 5]), 6
+    weights = loss_weights(labels, torch.tensor([False, True]), split=False)
+    torch.testing.assert_close(weights, (labels[:, 1:] != -100).float() / 4)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_bucketed_backward_equals_one_padded_forward(tmp_path, split):
+    from rlvfast.models import build_tiny_model
+    model, tok = load_model(build_tiny_model(tmp_path, TinyModelConfig(num_layers=2, hidden_size=32, num_heads=2,
+                                                                       intermediate_size=64)))
+    config = WarmStartConfig(verifier_solution_rows=5, verifier_pairs=6)
+    input_ids, labels = make_verifier_batch(tok, random.Random(1), config, problem_seed=7)  # 17 rows, mixed lengths
+    is_label_row = torch.arange(len(labels)) >= 5
+    weights = loss_weights(labels, is_label_row, split)
+    logits = model(input_ids=input_ids, attention_mask=(input_ids != tok.pad_token_id).long()).logits
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:].clamp(min=0), reduction="none")
+    expected = (per_token * weights).sum()
+    if split:
+        torch.testing.assert_close(expected, split_loss(logits, labels, is_label_row))
+    else:
+        torch.testing.assert_close(expected, F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:]))
+    expected.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss = backward_in_buckets(model, input_ids, labels, weights, tok.pad_token_id, bucket_rows=4)
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 def test_cache_key_ignores_phase_two_only_when_it_is_off():
