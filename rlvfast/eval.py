@@ -259,16 +259,16 @@ class Evaluator:
 
         return format_prompt(self.tokenizer, problem.problem)
 
-    def run_batch(self, problems: list[Problem], first_index: int) -> list[list[dict]]:
-        """Records of each problem's n samples. The sampling seed is derived from the position
-        of the batch's first problem in the problem list, so a resumed run that batches the same
-        way draws the same samples."""
+    def run_batch(self, problems: list[Problem]) -> list[list[dict]]:
+        """Records of each problem's n samples. Each sample's random stream is keyed by --seed
+        and its prompt's tokens (`rlvfast.sampler.rng`), so a problem draws the same samples
+        however the problems are batched (--batch-problems) and in a resumed run."""
         from rlvfast.sampler import SamplingParams
 
         args = self.args
         prompts = [self.prompt(p) for p in problems]
         params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=args.temperature,
-                                top_p=args.top_p, seed=args.seed * 1_000_003 + first_index)
+                                top_p=args.top_p, seed=args.seed)
         # each budget L < max_tokens: P("Yes") of the first L tokens, read in the samples' own KV cache
         budgets = [L for L in (args.lengths or ()) if L < args.max_tokens]
         outputs = self.sampler.generate(prompts, params, score=True, progress=self.show_progress, score_at=budgets)
@@ -411,10 +411,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             with open(samples_path, "a", encoding="utf-8") as f, \
                     tqdm(total=len(problems), initial=len(problems) - len(pending), desc="eval", unit="problem") as bar:
-                position = {p.id: i for i, p in enumerate(problems)}
                 for b in range(0, len(pending), args.batch_problems):
                     batch = pending[b:b + args.batch_problems]
-                    for problem, records in zip(batch, evaluator.run_batch(batch, position[batch[0].id])):
+                    for problem, records in zip(batch, evaluator.run_batch(batch)):
                         f.write("".join(json.dumps(r) + "\n" for r in records))  # one problem, one flush
                         f.flush()
                         done[problem.id] = records
