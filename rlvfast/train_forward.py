@@ -30,32 +30,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from rlvfast.sampler.fast_trunk import FastTrunk, rms_norm, rotate
+from rlvfast.sampler.fast_trunk import FastTrunk, FusedLayer, rms_norm, rotate
 
 
 def supports(model: torch.nn.Module) -> bool:
     """A Llama-family trunk this forward reproduces (the sampler's FastTrunk set, no dropout)."""
     return FastTrunk.supports(model) and not getattr(model.config, "attention_dropout", 0.0)
-
-
-class _Layer:
-    """One decoder layer's weights for this call: fused (in the graph) and its norms."""
-
-    def __init__(self, layer: torch.nn.Module) -> None:
-        attn, mlp = layer.self_attn, layer.mlp
-        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
-        self.qkv = torch.cat([m.weight for m in parts])  # ((nh + 2 nkv) hd, H)
-        self.qkv_bias = None if parts[0].bias is None else torch.cat([m.bias for m in parts])
-        self.o = attn.o_proj.weight
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 I, H)
-        self.down = mlp.down_proj.weight
-        self.scaling = attn.scaling
-        self.norm_in = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-        self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-
-    def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
-        gate, up = F.linear(rms_norm(h, *self.norm_post), self.gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, self.down)
 
 
 class _Shapes:
@@ -66,7 +46,7 @@ class _Shapes:
         self.hd = getattr(config, "head_dim", None) or config.hidden_size // self.nh
 
     @staticmethod
-    def project(layer: _Layer, h: torch.Tensor) -> torch.Tensor:
+    def project(layer: FusedLayer, h: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., (nh + 2 nkv) hd): the fused q/k/v projection of the normed input."""
         return F.linear(rms_norm(h, *layer.norm_in), layer.qkv, layer.qkv_bias)
 
@@ -78,7 +58,7 @@ class _Shapes:
         k = rotate(k.view(rows, width, self.nkv, self.hd).transpose(1, 2), cos, sin)
         return q, k, v.view(rows, width, self.nkv, self.hd).transpose(1, 2)
 
-    def attend(self, layer: _Layer, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(self, layer: FusedLayer, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """-> attention output before o_proj, (B, T, nh hd); mask None means causal."""
         if self.nkv != self.nh:
             rep = self.nh // self.nkv
@@ -133,7 +113,7 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
     if bool((read_packed < 0).any()):
         raise ValueError("read_hidden: a read position lies past its row's length")
 
-    layers = [_Layer(layer) for layer in trunk.layers]
+    layers = [FusedLayer(layer) for layer in trunk.layers]
     last = len(layers) - 1
     rotary = trunk.rotary_emb
 

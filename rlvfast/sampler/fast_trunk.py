@@ -35,6 +35,40 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+class FusedLayer:
+    """One decoder layer's weights with q/k/v and gate/up concatenated, and its norms: 7
+    matmuls become 4. Built under no_grad (the sampler, rebuilt every generate()) they are
+    plain copies; built with grad enabled (the trainer, every forward) the concatenation is
+    in the graph, so gradients reach the model's own parameters."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv = torch.cat([m.weight for m in parts])  # ((nh + 2 nkv) hd, H)
+        self.qkv_bias = None if parts[0].bias is None else torch.cat([m.bias for m in parts])
+        self.num_q_rows = attn.q_proj.weight.shape[0]
+        self.o = attn.o_proj.weight
+        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 I, H)
+        self.down = mlp.down_proj.weight
+        self.scaling = attn.scaling
+        self.norm_in = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+
+    def q_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the query projection alone: row views of the fused q/k/v."""
+        n = self.num_q_rows
+        return self.qkv[:n], None if self.qkv_bias is None else self.qkv_bias[:n]
+
+    def kv_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n = self.num_q_rows
+        return self.qkv[n:], None if self.qkv_bias is None else self.qkv_bias[n:]
+
+    def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
+        """h + MLP(post-attention norm(h)), h (..., H)."""
+        gate, up = F.linear(rms_norm(h, *self.norm_post), self.gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, self.down)
+
+
 class FastTrunk:
     def __init__(self, model: torch.nn.Module) -> None:
         self.trunk = model.base_model
@@ -42,7 +76,7 @@ class FastTrunk:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        self._weights: list[dict] = []
+        self._weights: list[FusedLayer] = []
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -69,25 +103,7 @@ class FastTrunk:
         changed, since a fused optimizer (AdamW(fused=True)) and `.data` writes update them in
         place without bumping `_version`."""
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode
-            self._weights = [self._fuse(layer) for layer in self.trunk.layers]
-
-    @staticmethod
-    def _fuse(layer: torch.nn.Module) -> dict:
-        attn, mlp = layer.self_attn, layer.mlp
-        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-        weight = torch.cat([m.weight for m in qkv])  # ((nh + 2 nkv) hd, H)
-        bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
-        q_rows = attn.q_proj.weight.shape[0]
-        return {
-            "qkv": weight, "qkv_bias": bias, "o": attn.o_proj.weight.detach(),
-            "q": weight[:q_rows], "kv": weight[q_rows:],  # row views, for the last layer of a prefill
-            "q_bias": None if bias is None else bias[:q_rows], "kv_bias": None if bias is None else bias[q_rows:],
-            "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), "down": mlp.down_proj.weight.detach(),
-            "scaling": attn.scaling,
-            "norm_in": (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon),
-            "norm_post": (layer.post_attention_layernorm.weight.detach(),
-                          layer.post_attention_layernorm.variance_epsilon),
-        }
+            self._weights = [FusedLayer(layer) for layer in self.trunk.layers]
 
     def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""
@@ -100,26 +116,23 @@ class FastTrunk:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd)
         last_layer = len(self._weights) - 1
         for layer_idx, w in enumerate(self._weights):
-            x = rms_norm(h, *w["norm_in"])
+            x = rms_norm(h, *w.norm_in)
             if layer_idx == last_layer and num_new > 1:
                 # Only column T-1 is read out: the last layer needs keys/values of every new
                 # column (they are attended to) but queries, attention, o_proj and the MLP of
                 # the last one only (a verify forward of 17 tokens saves ~1/4 on the tiny model).
-                q = F.linear(x[:, -1:], w["q"], w["q_bias"])  # (B, 1, nh hd)
-                k, v = F.linear(x, w["kv"], w["kv_bias"]).split([nkv * hd, nkv * hd], dim=-1)
+                q = F.linear(x[:, -1:], *w.q_rows())  # (B, 1, nh hd)
+                k, v = F.linear(x, *w.kv_rows()).split([nkv * hd, nkv * hd], dim=-1)
                 q = rotate(q.view(rows, 1, nh, hd).transpose(1, 2), cos[:, :, -1:], sin[:, :, -1:])  # (B, nh, 1, hd)
                 h, mask = h[:, -1:], mask[:, :, -1:]
             else:
-                qkv = F.linear(x, w["qkv"], w["qkv_bias"])  # (B, T, (nh + 2 nkv) hd)
+                qkv = F.linear(x, w.qkv, w.qkv_bias)  # (B, T, (nh + 2 nkv) hd)
                 q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
                 q = rotate(q.view(rows, num_new, nh, hd).transpose(1, 2), cos, sin)  # (B, nh, T, hd)
             k = rotate(k.view(rows, num_new, nkv, hd).transpose(1, 2), cos, sin)  # (B, nkv, T, hd)
             v = v.view(rows, num_new, nkv, hd).transpose(1, 2)
             k, v = cache.update(k, v, layer_idx)  # (B, nkv, S, hd)
-            h = h + F.linear(self._attention(q, k, v, mask, w["scaling"]), w["o"])
-            x = rms_norm(h, *w["norm_post"])
-            gate, up = F.linear(x, w["gate_up"]).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, w["down"])
+            h = w.mlp_block(h + F.linear(self._attention(q, k, v, mask, w.scaling), w.o))
         norm = self.trunk.norm
         return rms_norm(h[:, -1], norm.weight, norm.variance_epsilon)  # (B, H)
 
