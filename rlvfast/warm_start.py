@@ -28,6 +28,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model, yes_no_ids
 from rlvfast.synthetic import Difficulty, make_problems, solution_text
@@ -54,7 +56,7 @@ def format_prompt(problem_text: str) -> str:
 
 @dataclass(slots=True)
 class WarmStartConfig:
-    """Supervised warm start of the tiny model. Defaults: ~1-2 minutes on 2 cores."""
+    """Supervised warm start of the tiny model. Defaults: ~4.5 minutes on 2 quiet cores (NOTES.md)."""
     steps: int = 300
     batch_size: int = 128
     lr: float = 2e-3
@@ -250,14 +252,17 @@ def _run_phase(model, name: str, steps: int, lr: float, warmup: int, batch_fn, p
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     scheduler = _cosine_schedule(optimizer, warmup, steps)
     start = time.perf_counter()
-    for step in range(steps):
+    bar = tqdm(range(steps), desc=name, unit="step", disable=None if log else True, file=sys.stderr)  # a terminal only
+    for step in bar:
         input_ids, labels, weights = batch_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss = backward_in_buckets(model, input_ids, labels, weights, pad_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if log and (step % 25 == 0 or step == steps - 1):
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if log and (step % 50 == 0 or step == steps - 1):
+            bar.clear()
             log(f"{name} step {step + 1}/{steps} loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
 
 
