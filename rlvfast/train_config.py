@@ -80,7 +80,8 @@ class TrainConfig:
                                  "supervised warm-start steps of the tiny model (cached by its config)")
     warm_start_verifier_steps: int = _opt(0, "steps of the tiny model's optional verifier warm start after "
                                           "the supervised one: contrastive right/wrong pairs, label loss "
-                                          "averaged on its own (0 = off; ~400 teach the verifier, NOTES.md)")
+                                          "averaged on its own (0 = off; ~400 teach the verifier, at ~6 min on 2 "
+                                          "CPU cores, which is why it is off in the 10-minute default; NOTES.md)")
 
     def __post_init__(self) -> None:
         self.eval_splits = list(self.eval_splits)
