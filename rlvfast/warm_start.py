@@ -12,7 +12,7 @@ produced "Yes"/"No" before RL^V: without them RL^V starts at ~10 nats of verifie
 its gradient wrecks the policy (NOTES.md, Trainer). Measured: these rows teach the label
 format and base rate, not the discrimination. An optional phase 2 (`verifier_steps` > 0,
 off by default) does: contrastive pairs (one problem solved right and wrong in the same
-batch) with the label loss averaged on its own (`split_loss`) take the held-out AUC from
+batch) with the label loss averaged on its own (`loss_weights`) take the held-out AUC from
 0.51 to 0.87 in 400 steps, after a ~250-step plateau (NOTES.md, Trainer).
 
 The result is an ordinary Hugging Face directory cached under
@@ -203,25 +203,17 @@ def _cosine_schedule(optimizer, warmup: int, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
 
 
-def loss_weights(labels: torch.Tensor, is_label_row: torch.Tensor, split: bool) -> torch.Tensor:
+def loss_weights(labels: torch.Tensor, is_label_row: torch.Tensor | None = None) -> torch.Tensor:
     """Per-target weights of the next-token loss, labels (B, T) with -100 = no loss -> (B, T-1).
-    Pooled (split=False): the mean over every target token. Split: the mean over the solution
-    rows' tokens + the mean over the verification rows' labels, so the one label per row is
-    not ~2% of a pooled mean (phase 2)."""
+    Without `is_label_row`: the mean over every target token (phase 1). With it (B,) bool: the
+    mean over the solution rows' tokens + the mean over the verification rows' labels, so the
+    one label per row is not ~2% of a pooled mean (phase 2)."""
     has_loss = (labels[:, 1:] != -100).float()  # (B, T-1)
-    if not split:
+    if is_label_row is None:
         return has_loss / has_loss.sum().clamp(min=1)
     label_rows = is_label_row[:, None].float()  # (B, 1)
     solution, label = has_loss * (1 - label_rows), has_loss * label_rows
     return solution / solution.sum().clamp(min=1) + label / label.sum().clamp(min=1)
-
-
-def split_loss(logits: torch.Tensor, labels: torch.Tensor, is_label_row: torch.Tensor) -> torch.Tensor:
-    """Phase 2's loss on one padded batch: logits (B, T, V), labels (B, T), is_label_row (B,)
-    bool -> scalar (`loss_weights(split=True)` times the per-token cross-entropy)."""
-    targets = labels[:, 1:].clamp(min=0)  # (B, T-1); -100 has weight 0
-    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none")  # (B, T-1)
-    return (per_token * loss_weights(labels, is_label_row, split=True)).sum()
 
 
 def backward_in_buckets(model, input_ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
@@ -269,7 +261,8 @@ def _run_phase(model, name: str, steps: int, lr: float, warmup: int, batch_fn, p
 def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=print) -> Path:
     """Builds the tiny model in `out_dir` and trains it in place; returns `out_dir`.
     Phase 1: solutions with wrong steps + verification rows (pooled mean loss); phase 2 (when
-    config.verifier_steps > 0): the verifier warm start on contrastive pairs (`split_loss`)."""
+    config.verifier_steps > 0): the verifier warm start on contrastive pairs (label loss
+    averaged on its own, `loss_weights`)."""
     out = build_tiny_model(out_dir, config.model)
     model, tokenizer = load_model(out)
     model.train()
@@ -279,12 +272,12 @@ def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=pr
 
     def phase_one_batch(step):
         input_ids, labels = make_batch(tokenizer, rng, config, problem_seed=10_000_000 + step)
-        return input_ids, labels, loss_weights(labels, torch.zeros(len(labels), dtype=torch.bool), split=False)
+        return input_ids, labels, loss_weights(labels)
 
     def phase_two_batch(step):
         input_ids, labels = make_verifier_batch(tokenizer, rng, config, problem_seed=20_000_000 + step)
         is_label_row = torch.arange(len(labels)) >= config.verifier_solution_rows  # (B,)
-        return input_ids, labels, loss_weights(labels, is_label_row, split=True)
+        return input_ids, labels, loss_weights(labels, is_label_row)
 
     _run_phase(model, "warm start", config.steps, config.lr, config.warmup, phase_one_batch,
                tokenizer.pad_token_id, log)

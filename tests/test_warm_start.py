@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from rlvfast.models import TinyModelConfig, build_char_tokenizer, load_model, yes_no_ids
 from rlvfast.synthetic import evaluate
 from rlvfast.warm_start import (TINY_VERIFY_PROMPT, WarmStartConfig, backward_in_buckets, cached_warm_start,
-                                loss_weights, make_batch, make_verifier_batch, split_loss)
+                                loss_weights, make_batch, make_verifier_batch)
 
 
 def test_batch_rows_and_labels():
@@ -64,14 +64,15 @@ def test_verifier_batch_holds_contrastive_pairs():
             assert [t for t in labels[r + (not correct)].tolist() if t != -100] == [label_id]
 
 
-def test_split_loss_averages_solution_tokens_and_labels_separately():
+def test_label_row_weights_average_solution_tokens_and_labels_separately():
     torch.manual_seed(0)
     logits = torch.randn(3, 6, 11)  # (B, T, V)
     labels = torch.full((3, 6), -100)
     labels[0, 2:6] = torch.tensor([1, 2, 3, 4])  # a solution row: 4 target tokens
     labels[1, 5], labels[2, 4] = 7, 9  # two verification rows: one label each
     is_label_row = torch.tensor([False, True, True])
-    loss = split_loss(logits, labels, is_label_row)
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:].clamp(min=0), reduction="none")
+    loss = (per_token * loss_weights(labels, is_label_row)).sum()
     log_probs = logits.log_softmax(-1)
     solution = -torch.stack([log_probs[0, t - 1, labels[0, t]] for t in range(2, 6)]).mean()
     label = -(log_probs[1, 4, 7] + log_probs[2, 3, 9]) / 2
@@ -83,11 +84,11 @@ def test_split_loss_averages_solution_tokens_and_labels_separately():
 def test_pooled_weights_are_the_plain_mean_over_targets():
     labels = torch.full((2, 5), -100)
     labels[0, 1:4], labels[1, 4] = torch.tensor([3, 4, 5]), 6
-    weights = loss_weights(labels, torch.tensor([False, True]), split=False)
+    weights = loss_weights(labels)
     torch.testing.assert_close(weights, (labels[:, 1:] != -100).float() / 4)
 
 
-@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("split", [False, True], ids=["pooled", "label-rows"])
 def test_bucketed_backward_equals_one_padded_forward(tmp_path, split):
     from rlvfast.models import build_tiny_model
     model, tok = load_model(build_tiny_model(tmp_path, TinyModelConfig(num_layers=2, hidden_size=32, num_heads=2,
@@ -95,12 +96,14 @@ def test_bucketed_backward_equals_one_padded_forward(tmp_path, split):
     config = WarmStartConfig(verifier_solution_rows=5, verifier_pairs=6)
     input_ids, labels = make_verifier_batch(tok, random.Random(1), config, problem_seed=7)  # 17 rows, mixed lengths
     is_label_row = torch.arange(len(labels)) >= 5
-    weights = loss_weights(labels, is_label_row, split)
+    weights = loss_weights(labels, is_label_row if split else None)
     logits = model(input_ids=input_ids, attention_mask=(input_ids != tok.pad_token_id).long()).logits
     per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:].clamp(min=0), reduction="none")
     expected = (per_token * weights).sum()
-    if split:
-        torch.testing.assert_close(expected, split_loss(logits, labels, is_label_row))
+    if split:  # mean over the solution rows' tokens + mean over the labels
+        has_loss = labels[:, 1:] != -100
+        torch.testing.assert_close(expected, per_token[has_loss & ~is_label_row[:, None]].mean()
+                                   + per_token[has_loss & is_label_row[:, None]].mean())
     else:
         torch.testing.assert_close(expected, F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:]))
     expected.backward()
