@@ -26,10 +26,7 @@ def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_
     """P("Yes") under the full-vocabulary softmax: hidden [B, H], weight [V, H] -> [B] float32."""
     from rlvfast import ops
 
-    if hasattr(ops, "verifier_scores"):
-        p_yes, _ = ops.verifier_scores(hidden, weight, yes_id, no_id)
-    else:  # the public op is being written; its reference is the spec
-        p_yes, _ = ops.reference.verifier_scores(hidden, weight, yes_id, no_id)
+    p_yes, _ = ops.verifier_scores(hidden, weight, yes_id, no_id)
     return p_yes.float()
 
 
