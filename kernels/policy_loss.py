@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from rlvfast.kernels.token_logprobs import (
-    LmHeadOperands, _row_lse, _write_row_grad, acc_dtype, block_v, chunk_rows_for, num_warps_for,
+    LmHeadOperands, _row_lse, _write_row_grad, acc_dtype, block_v, check_head_config, chunk_rows_for, num_warps_for,
 )
 
 
@@ -119,10 +119,7 @@ class PolicyLossConfig:
             raise ValueError(f"PolicyLossConfig.clip_low must be >= 0, got {self.clip_low!r}")
         if not self.clip_high >= 0:
             raise ValueError(f"PolicyLossConfig.clip_high must be >= 0, got {self.clip_high!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"PolicyLossConfig.temperature must be > 0, got {self.temperature!r}")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ValueError(f"PolicyLossConfig.chunk_rows must be >= 1 or None, got {self.chunk_rows!r}")
+        check_head_config(self, "chunk_rows")
 
 
 class PolicyLossFunction(torch.autograd.Function):

@@ -251,16 +251,23 @@ def logprobs_backward(ops: LmHeadOperands, targets: torch.Tensor, lse: torch.Ten
 
 
 # ----------------------------------------------------------------------------- autograd
+def check_head_config(cfg, chunk_field: str) -> None:
+    """The checks every lm-head op config shares: temperature > 0, chunk size >= 1 or None."""
+    name = type(cfg).__name__
+    if not cfg.temperature > 0:
+        raise ValueError(f"{name}.temperature must be > 0, got {cfg.temperature!r}")
+    chunk = getattr(cfg, chunk_field)
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"{name}.{chunk_field} must be >= 1 or None, got {chunk!r}")
+
+
 @dataclass(slots=True, frozen=True)
 class TokenLogprobsConfig:
     temperature: float
     chunk_rows: int | None = None  # rows per logit chunk; None: CHUNK_ELEMS // V
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"TokenLogprobsConfig.temperature must be > 0, got {self.temperature!r}")
-        if self.chunk_rows is not None and self.chunk_rows < 1:
-            raise ValueError(f"TokenLogprobsConfig.chunk_rows must be >= 1 or None, got {self.chunk_rows!r}")
+        check_head_config(self, "chunk_rows")
 
 
 class TokenLogprobsFunction(torch.autograd.Function):

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rlvfast.kernels.token_logprobs import LmHeadOperands, acc_dtype, block_v, num_warps_for
+from rlvfast.kernels.token_logprobs import LmHeadOperands, acc_dtype, block_v, check_head_config, num_warps_for
 
 # At most this many vocabulary columns per logit chunk, and about CHUNK_ELEMS elements.
 MAX_CHUNK_COLS = 32768
@@ -162,10 +162,7 @@ class VerifierConfig:
     chunk_cols: int | None = None  # vocabulary columns per logit chunk; None: chunk_cols_for
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"VerifierConfig.temperature must be > 0, got {self.temperature!r}")
-        if self.chunk_cols is not None and self.chunk_cols < 1:
-            raise ValueError(f"VerifierConfig.chunk_cols must be >= 1 or None, got {self.chunk_cols!r}")
+        check_head_config(self, "chunk_cols")
 
 
 class VerifierScoresFunction(torch.autograd.Function):
