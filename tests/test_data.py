@@ -176,7 +176,8 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "x.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(DataError, match=r"x\.parquet: reading \.parquet needs pyarrow: pip install 'rlvfast\[parquet\]'"):
+    with pytest.raises(DataError, match=r"x\.parquet: reading \.parquet needs pyarrow: "
+                                        r"pip install 'rlvfast\[parquet\]'"):
         load_problems(path)
 
 
@@ -192,7 +193,8 @@ def test_json_array(tmp_path):
 
 
 @pytest.mark.parametrize("text, pattern", [
-    ('{"data": [{"problem": "p", "answer": "1"}]}', r"d\.json: expected a JSON array of objects, got dict with keys \['data'\]"),
+    ('{"data": [{"problem": "p", "answer": "1"}]}',
+     r"d\.json: expected a JSON array of objects, got dict with keys \['data'\]"),
     ('[{"problem": "p", "answer": "1"}, 5]', r"d\.json:row 2: expected a JSON object, got int"),
     ('{"problem": "p", "answer": "1"}\n{"problem": "q", "answer": "2"}\n',
      r"d\.json: bad JSON \(Extra data at line 2 column 1\); one object per line is a \.jsonl file"),
