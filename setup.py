@@ -78,8 +78,10 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0"],
+        # pyarrow: a 55 MB wheel with no dependencies, so the .parquet loader is tested too
+        "test": ["pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],
+        "parquet": ["pyarrow>=14"],  # rlvfast.data reads --data FILE.parquet
         "bench": ["pytest-benchmark>=4", "liger-kernel", "trl"],
     },
 )

@@ -1,6 +1,8 @@
-"""Problem records and loaders for MATH, GSM8K, AIME and AMC style `.jsonl`/`.parquet` files.
+"""Problem records and loaders for MATH, GSM8K, AIME and AMC style files.
 
-`load_problems(path)` reads one file into `Problem`s with string gold answers: MATH takes the
+`load_problems(path)` reads one file into `Problem`s with string gold answers. A file is
+`.jsonl` (one JSON object per line), `.json` (one array of objects) or `.parquet` (needs
+pyarrow: `pip install 'rlvfast[parquet]'`). MATH takes the
 `answer` field or else the last `\\boxed{}` of `solution`; GSM8K takes the text after
 `####`; AIME/AMC answers are numbers, written as integers where integral (`27.0` -> `27`,
 `025` -> `25`). The format is guessed from the first row unless given, and `fields` maps
@@ -59,7 +61,7 @@ class ProblemList(list):
 
 def load_problems(path: str | Path, format: str | None = None, fields: dict[str, str] | None = None,
                   skip_bad: bool = False) -> ProblemList:
-    """Problems from a `.jsonl` or `.parquet` file (see the module docstring)."""
+    """Problems from a `.jsonl`, `.json` or `.parquet` file (see the module docstring)."""
     path = Path(path)
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
@@ -115,17 +117,42 @@ def guess_format(row: dict[str, Any], path: Path | str = "<row>", where: str = "
 
 
 def _read_rows(path: Path, skip_bad: bool, skipped: list[str]) -> Iterator[tuple[str, Any]]:
-    """(`line N` or `row N`, row) pairs; bad JSON is a DataError (or skipped)."""
+    """(`line N` or `row N`, row) pairs; bad JSON is a DataError (or skipped, in a .jsonl)."""
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as error:
-            raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from error
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"row {number}", row
-        return
-    if path.suffix != ".jsonl":
-        raise DataError(f"{path}: expected a .jsonl or .parquet file, got suffix {path.suffix!r}")
+        yield from _parquet_rows(path)
+    elif path.suffix == ".json":
+        yield from _json_array_rows(path)
+    elif path.suffix == ".jsonl":
+        yield from _jsonl_rows(path, skip_bad, skipped)
+    else:
+        raise DataError(f"{path}: expected a .jsonl, .json or .parquet file, got suffix {path.suffix!r}")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'rlvfast[parquet]'") from error
+    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        yield f"row {number}", row
+
+
+def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """A .json file is one array of objects; a bad file is an error even with skip_bad (no row
+    of it can be told apart from the next)."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        hint = "; one object per line is a .jsonl file" if error.msg == "Extra data" else ""
+        raise DataError(f"{path}: bad JSON ({error.msg} at line {error.lineno} column {error.colno}){hint}") from error
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}"
+                        + (f" with keys {sorted(rows)[:8]}" if isinstance(rows, dict) else ""))
+    for number, row in enumerate(rows, start=1):
+        yield f"row {number}", row
+
+
+def _jsonl_rows(path: Path, skip_bad: bool, skipped: list[str]) -> Iterator[tuple[str, Any]]:
     with path.open(encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
             if not line.strip():

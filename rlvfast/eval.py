@@ -8,7 +8,8 @@ metrics, per difficulty. Options: `--judge` (LLM-as-a-judge baseline scores) and
 `--lengths` (sequential scaling with a confidence threshold).
 
 The metric math lives in `rlvfast.scaling`, plots in `rlvfast.plots`; this file is the CLI
-and the sampling loop.
+and the sampling loop. Bad input (a flag, a --data file, a --model that is not there, an --out
+or --baseline that does not match) ends the command with one line and exit status 2.
 
 Judge: the same model gets a grading prompt (problem + solution, "grade it step by step"),
 greedily writes up to --judge-max-tokens tokens of reasoning, and its score is P("Yes")
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rlvfast.cli import EXIT_INTERRUPT, UserError, run_command
 from rlvfast.data import Problem
 from rlvfast.scaling import Budget, Pool, efficiency, format_report, summarize
 from rlvfast.voting import normalize_answer
@@ -43,6 +45,11 @@ JUDGE_QUESTION = "Is the answer correct (Yes/No)?"
 # Settings a rerun must share with the samples already in OUT/ (the problem list may grow).
 RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", "verify_prompt", "judge",
             "judge_max_tokens", "lengths")
+# Defaults of flags that default to None, so that a flag given where it does nothing is warned about.
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_NUM_PROBLEMS = 100
+DEFAULT_JUDGE_MAX_TOKENS = 512
+DEFAULT_THRESHOLD = [0.6]
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -86,26 +93,39 @@ _non_negative_float = _number(float, lambda v: not v < 0, "a number >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except None: such a flag's help says what its absence means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlvfast.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="Hugging Face model directory or .gguf file")
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory, .gguf file or hub id (org/name)")
     p.add_argument("--data", required=True,
-                   help="a .jsonl file (MATH500, GSM8K, AIME24, AMC23 formats) or synthetic[:test|hard|ops=N,digits=M]")
+                   help="a .jsonl, .json (one array of records) or .parquet (pip install 'rlvfast[parquet]') "
+                        "file in MATH500, GSM8K, AIME24 or AMC23 format, or synthetic[:test|hard|ops=N,digits=M]")
     p.add_argument("--out", required=True, help="output directory (reused: finished problems are skipped)")
     p.add_argument("--n", type=_positive_int, default=64, help="samples per problem")
-    p.add_argument("--max-tokens", type=_positive_int, default=256, help="new tokens per sample")
-    p.add_argument("--temperature", type=_non_negative_float, default=1.0)
-    p.add_argument("--top-p", type=_unit_float, default=1.0)
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=_positive_int, default=None,
+                   help=f"new tokens per sample (default: {DEFAULT_MAX_TOKENS}; with --lengths, the largest length)")
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=_unit_float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=0, help="sampling and subset seed")
     p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first K problems")
-    p.add_argument("--num-problems", type=_positive_int, default=100, help="problems drawn for synthetic data")
+    p.add_argument("--num-problems", type=_positive_int, default=None,
+                   help=f"problems drawn for synthetic data (default: {DEFAULT_NUM_PROBLEMS}; a --data file "
+                        "is used whole: see --limit)")
     p.add_argument("--batch-problems", type=_positive_int, default=None,
                    help="problems per generate call (default: max(1, 64 // n), i.e. about 64 samples at once)")
     p.add_argument("--trials", type=_positive_int, default=100, help="random subsets per k (all when fewer exist)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 is faster on a crowded CPU)")
-    p.add_argument("--grade-timeout", type=_positive_float, default=5.0, help="seconds per grading")
+    p.add_argument("--grade-timeout", "--grader-timeout", dest="grade_timeout", type=_positive_float, default=5.0,
+                   help="seconds per grading")
     p.add_argument("--verify-prompt", default=None,
                    help="text between a solution and P(Yes) (\\n for a newline); default: the one in the "
                         "training run's summary.json beside the model directory, else the Sampler's default")
@@ -113,39 +133,74 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--out of another eval on the same problems and n (e.g. the base method): adds this "
                         "run's weighted@k against the baseline's majority@k (efficiency) and a joint plot")
     p.add_argument("--judge", action="store_true", help="also score every sample with the LLM-as-a-judge prompt")
-    p.add_argument("--judge-max-tokens", type=_positive_int, default=512)
+    p.add_argument("--judge-max-tokens", type=_positive_int, default=None,
+                   help=f"--judge: reasoning tokens before the judge's P(Yes) (default: {DEFAULT_JUDGE_MAX_TOKENS})")
     p.add_argument("--lengths", type=_lengths, default=None,
                    help="sequential scaling: token budgets, e.g. 256,512,1024 (the largest replaces --max-tokens)")
-    p.add_argument("--threshold", type=_thresholds, default=[0.6],
-                   help="sequential scaling: weighted-vote confidence to stop at (comma-separated for several)")
+    p.add_argument("--threshold", type=_thresholds, default=None,
+                   help="sequential scaling: weighted-vote confidence to stop at (comma-separated for several; "
+                        f"default: {DEFAULT_THRESHOLD[0]:g})")
     return p
 
 
+def _looks_local(model: str) -> bool:
+    """Whether --model names a local file or directory rather than a hub id (`name` or
+    `org/name`): it exists, ends in .gguf, starts with '.', '/' or '~', or has two '/' or more."""
+    return (os.path.exists(model) or model.endswith(".gguf") or model.startswith((".", "/", "~"))
+            or model.count("/") > 1)
+
+
+def _ignored_flags(args: argparse.Namespace) -> list[str]:
+    """Warnings for flags given where they do nothing (their defaults are None until resolved)."""
+    is_synthetic = args.data.startswith("synthetic")
+    messages = []
+    if args.num_problems is not None and not is_synthetic:
+        messages.append(f"--num-problems {args.num_problems} applies to synthetic data only; --data {args.data!r} "
+                        "is used whole (--limit K takes its first K problems)")
+    if args.max_tokens is not None and args.lengths is not None and args.max_tokens != args.lengths[-1]:
+        messages.append(f"--max-tokens {args.max_tokens} is replaced by the largest --lengths value, "
+                        f"{args.lengths[-1]}")
+    if args.threshold is not None and args.lengths is None:
+        messages.append("--threshold applies to sequential scaling only; ignored without --lengths")
+    if args.judge_max_tokens is not None and not args.judge:
+        messages.append("--judge-max-tokens applies to the LLM judge only; ignored without --judge")
+    return messages
+
+
+def _check_data(parser: argparse.ArgumentParser, data: str) -> None:
+    if data.startswith("synthetic"):
+        from rlvfast.synthetic import parse_difficulty
+
+        try:
+            parse_difficulty(data.partition(":")[2] or "test")
+        except ValueError as err:
+            parser.error(f"--data {data!r}: {err}")
+    elif not os.path.isfile(data):
+        parser.error(f"--data {data!r}: no such file (or use synthetic[:split])")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, checked (argparse's one-line error, exit 2) and resolved: defaults that
+    depend on other flags filled in; a flag that would do nothing is warned about on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.lengths is not None:
-        args.max_tokens = args.lengths[-1]
+    for warning in _ignored_flags(args):
+        print(f"rlvfast.eval: warning: {warning}", file=sys.stderr)
+    args.max_tokens = args.lengths[-1] if args.lengths is not None else (args.max_tokens or DEFAULT_MAX_TOKENS)
+    args.num_problems = args.num_problems or DEFAULT_NUM_PROBLEMS
+    args.judge_max_tokens = args.judge_max_tokens or DEFAULT_JUDGE_MAX_TOKENS
+    args.threshold = args.threshold or DEFAULT_THRESHOLD
     if args.batch_problems is None:
         args.batch_problems = max(1, 64 // args.n)
     if args.verify_prompt is not None:
         args.verify_prompt = args.verify_prompt.replace("\\n", "\n")
         if not args.verify_prompt.strip():
             parser.error(f"--verify-prompt {args.verify_prompt!r}: empty")
-    if args.data.startswith("synthetic"):
-        split = args.data.partition(":")[2] or "test"
-        from rlvfast.synthetic import parse_difficulty
-
-        try:
-            parse_difficulty(split)
-        except ValueError as err:
-            parser.error(f"--data {args.data!r}: {err}")
-    elif not os.path.isfile(args.data):
-        parser.error(f"--data {args.data!r}: no such file (or use synthetic[:split])")
+    _check_data(parser, args.data)
     if args.baseline is not None and not os.path.isfile(os.path.join(args.baseline, "results.json")):
         parser.error(f"--baseline {args.baseline!r}: no results.json there (run the baseline's eval first)")
-    if not os.path.exists(args.model) and os.path.sep in args.model:
-        parser.error(f"--model {args.model!r}: no such file or directory")
+    if _looks_local(args.model) and not os.path.exists(args.model):
+        parser.error(f"--model {args.model!r}: no such file or directory (a hub id is org/name)")
     return args
 
 
@@ -157,12 +212,15 @@ def load_eval_problems(args: argparse.Namespace) -> list[Problem]:
         split = args.data.partition(":")[2] or "test"
         problems = make_problems(args.num_problems, split, seed=0)
     else:
-        from rlvfast.data import load_problems
+        from rlvfast.data import DataError, load_problems
 
-        problems = load_problems(args.data)
+        try:
+            problems = load_problems(args.data)
+        except DataError as error:
+            raise UserError(f"--data: {error}") from error
     problems = problems[: args.limit] if args.limit else problems
     if not problems:
-        raise SystemExit(f"--data {args.data!r}: no problems to evaluate")
+        raise UserError(f"--data {args.data!r}: no problems to evaluate")
     return problems
 
 
@@ -202,7 +260,9 @@ def training_verify_prompt(model: str) -> str | None:
     """The verification prompt a model was trained with: `rlvfast.train` writes RUN/final/,
     RUN/checkpoints/step-N/ and, at the end, RUN/summary.json, whose config holds
     `verify_prompt` (None: the trainer's default, which for the built-in tiny model is
-    `TINY_VERIFY_PROMPT`). None when no summary.json is found."""
+    `TINY_VERIFY_PROMPT`). None when no summary.json is found, or `model` is a hub id."""
+    if not os.path.exists(model):  # a hub id: its "parent" would be the working directory
+        return None
     model_dir = Path(model).resolve()
     summary = next((d / "summary.json" for d in (model_dir.parent, model_dir.parent.parent)
                     if (d / "summary.json").is_file()), None)
@@ -219,14 +279,16 @@ def training_verify_prompt(model: str) -> str | None:
 
 
 def check_run_config(out: Path, args: argparse.Namespace) -> None:
-    """OUT/config.json records the settings; a rerun with different ones is refused."""
+    """OUT/config.json records the settings; a rerun with different ones is refused while
+    OUT/samples.jsonl holds samples (a run that failed before sampling can be rerun fixed)."""
     config = {key: getattr(args, key) for key in RUN_KEYS}
     path = out / "config.json"
-    if path.exists():
+    samples = out / "samples.jsonl"
+    if path.exists() and samples.exists() and samples.stat().st_size > 0:
         old = json.loads(path.read_text())
         diff = [f"{k}={old.get(k)!r} there, {config[k]!r} now" for k in RUN_KEYS if old.get(k) != config[k]]
         if diff:
-            raise SystemExit(f"--out {str(out)!r} holds samples made with other settings ({'; '.join(diff)}); "
+            raise UserError(f"--out {str(out)!r} holds samples made with other settings ({'; '.join(diff)}); "
                              "use a fresh --out")
     path.write_text(json.dumps(config, indent=2))
 
@@ -241,7 +303,10 @@ class Evaluator:
         from rlvfast.sampler import Sampler, SamplingParams
 
         self.args = args
-        self.model, self.tokenizer = load_model(args.model)
+        try:
+            self.model, self.tokenizer = load_model(args.model)
+        except OSError as error:  # no such file, or a hub id that does not resolve (transformers)
+            raise UserError(f"--model {args.model!r}: {error}") from error
         self.sampler = Sampler(self.model, self.tokenizer, verify_prompt=args.verify_prompt)
         self.grader = Grader(timeout=args.grade_timeout)
         self.judge = Sampler(self.model, self.tokenizer, verify_prompt=self._judge_question()) if args.judge else None
@@ -350,12 +415,22 @@ def pool_from_records(records: list[dict]) -> Pool:
                 difficulty=records[0]["difficulty"], judge_scores=judge, budgets=budgets)
 
 
-def compare_with_baseline(results: dict, baseline_dir: str) -> dict:
+def load_baseline(baseline_dir: str, n: int, num_problems: int) -> dict:
+    """The baseline run's results.json, checked before sampling: same n, as many problems."""
+    path = Path(baseline_dir) / "results.json"
+    try:
+        base = json.loads(path.read_text())
+        base_shape = (base["n"], base["num_problems"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f"--baseline {baseline_dir!r}: {path} is not an eval's results.json ({error!r})") from error
+    if base_shape != (n, num_problems):
+        raise UserError(f"--baseline {baseline_dir!r} has {base['num_problems']} problems x n={base['n']}, "
+                        f"this run {num_problems} x n={n}: not comparable")
+    return base
+
+
+def compare_with_baseline(results: dict, base: dict, baseline_dir: str) -> dict:
     """This run's weighted voting against the baseline run's majority voting (and both curves)."""
-    base = json.loads((Path(baseline_dir) / "results.json").read_text())
-    if (base["n"], base["num_problems"]) != (results["n"], results["num_problems"]):
-        raise SystemExit(f"--baseline {baseline_dir!r} has {base['num_problems']} problems x n={base['n']}, "
-                         f"this run {results['num_problems']} x n={results['n']}: not comparable")
 
     def versus(ours: dict, theirs: dict) -> list[dict]:
         joint = {"majority": theirs["parallel"]["majority"], "weighted": ours["parallel"]["weighted"]}
@@ -389,15 +464,16 @@ def write_outputs(out: Path, results: dict) -> list[Path]:
     return plots
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """Runs the evaluation; returns the results dict (also in OUT/results.json)."""
     args = parse_args(argv)
+    problems = load_eval_problems(args)  # before OUT/ is written: a bad file leaves nothing behind
+    baseline = None if args.baseline is None else load_baseline(args.baseline, args.n, len(problems))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.verify_prompt is None:
         args.verify_prompt = training_verify_prompt(args.model)
     check_run_config(out, args)
-    problems = load_eval_problems(args)
     samples_path = out / "samples.jsonl"
     done = read_samples(samples_path, args.n)
     pending = [p for p in problems if p.id not in done]
@@ -425,16 +501,23 @@ def main(argv: list[str] | None = None) -> dict:
     results["config"] = {key: getattr(args, key) for key in RUN_KEYS} | {"limit": args.limit}
     results["num_resumed"] = len(problems) - len(pending)
     results["sampling_seconds"] = time.perf_counter() - start
-    if args.baseline is not None:
-        results["vs_baseline"] = compare_with_baseline(results, args.baseline)
+    if baseline is not None:
+        results["vs_baseline"] = compare_with_baseline(results, baseline, args.baseline)
     write_outputs(out, results)
     print(format_report(results))
     return results
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """The command: `run`, with Ctrl-C saying what is kept (exit 130)."""
     try:
-        main()
+        run(argv)
     except KeyboardInterrupt:
-        print("interrupted: finished problems are kept in samples.jsonl; rerun to resume", file=sys.stderr)
-        sys.exit(130)
+        print("rlvfast.eval: interrupted: finished problems are kept in samples.jsonl; rerun to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main, "rlvfast.eval"))

@@ -13,7 +13,8 @@ dicts for `results.json`:
   the winner's first sample in the subset is correct. Every problem has the same number of
   subsets T_k, so accuracy@k = (number of correct votes) / (P * T_k), one exact division.
 - compute efficiency: for each k, the smallest k' on the same grid at which majority voting
-  reaches weighted@k, and k'/k (">n/k" when it never does).
+  reaches weighted@k, and k'/k (">n/k" when it never does; "n/a" when weighted@k is 0, as
+  there is then nothing to reach).
 - the verifier as a classifier of its own samples: accuracy at a threshold, balanced accuracy,
   and AUC by the Mann-Whitney rank formula (ties get average ranks).
 - sequential scaling: per problem, stop at the first length budget whose weighted-vote
@@ -131,15 +132,25 @@ def parallel_accuracy(pools: Sequence[Pool], num_trials: int = 100, seed: int = 
 
 def efficiency(parallel: dict[str, dict[str, float]], n: int, method: str = "weighted",
                baseline: str = "majority") -> list[dict]:
-    """For each k: the smallest k' with baseline@k' >= method@k, and k'/k (">n/k" if none)."""
+    """For each k: the smallest k' on the grid with baseline@k' >= method@k, and k'/k.
+
+    Two rows carry no ratio (`ratio` None): when the baseline never gets there, `ratio_text`
+    is the lower bound ">n/k"; when method@k is 0 there is nothing to match (any k' would do,
+    so k'/k would only say where the grid starts), `baseline_k` is None too and `ratio_text`
+    is "n/a"."""
     rows = []
     for k in k_grid(n):
         target = parallel[method][str(k)]
         reached = [kk for kk in k_grid(n) if parallel[baseline][str(kk)] >= target - 1e-12]
-        k_prime = reached[0] if reached else None
+        k_prime = reached[0] if reached and target > 0 else None
+        if target <= 0:
+            ratio_text = "n/a"
+        elif k_prime is None:
+            ratio_text = f">{n / k:g}"
+        else:
+            ratio_text = f"{k_prime / k:g}"
         rows.append({"k": k, method: target, "baseline": baseline, "baseline_k": k_prime,
-                     "ratio": None if k_prime is None else k_prime / k,
-                     "ratio_text": f">{n / k:g}" if k_prime is None else f"{k_prime / k:g}"})
+                     "ratio": None if k_prime is None else k_prime / k, "ratio_text": ratio_text})
     return rows
 
 
@@ -248,6 +259,11 @@ def _fmt(value: float | None) -> str:
     return "  -  " if value is None else f"{value:.3f}"
 
 
+def _ratio_cell(row: dict) -> str:
+    """An efficiency row's ratio as printed: "2x", ">4x", or "n/a" (no ratio has meaning)."""
+    return row["ratio_text"] if row["ratio_text"] == "n/a" else f"{row['ratio_text']}x"
+
+
 def _format_block(block: dict, title: str) -> str:
     parallel = block["parallel"]
     ks = list(parallel["pass"])
@@ -258,10 +274,10 @@ def _format_block(block: dict, title: str) -> str:
     for key, label in (("efficiency", "weighted"), ("judge_efficiency", "judge_weighted")):
         if key in block:
             lines.append(f"{'efficiency':>16}: majority k'/k to match {label}@k: "
-                         + "  ".join(f"k={r['k']}: {r['ratio_text']}x" for r in block[key]))
+                         + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block[key]))
     if "vs_baseline" in block:
         lines.append(f"{'vs baseline':>16}: baseline majority k'/k to match this weighted@k: "
-                     + "  ".join(f"k={r['k']}: {r['ratio_text']}x" for r in block["vs_baseline"]["efficiency"]))
+                     + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block["vs_baseline"]["efficiency"]))
     for key in ("verifier", "judge"):
         if key in block:
             v = block[key]

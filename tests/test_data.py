@@ -1,5 +1,6 @@
 """Loaders on the real files in ../shared/data and on malformed files written to tmp_path."""
 import json
+import sys
 
 import pytest
 
@@ -133,7 +134,7 @@ def test_empty_and_missing_files(tmp_path):
         load_problems(tmp_path / "nowhere.jsonl")
     other = tmp_path / "rows.csv"
     other.write_text("a,b\n")
-    with pytest.raises(DataError, match=r"rows\.csv: expected a \.jsonl or \.parquet"):
+    with pytest.raises(DataError, match=r"rows\.csv: expected a \.jsonl, \.json or \.parquet"):
         load_problems(other)
 
 
@@ -159,17 +160,49 @@ def test_skip_bad_with_no_good_rows_is_an_error(tmp_path):
 
 
 def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")  # in the `test` and `parquet` extras
+    import pyarrow.parquet as pq
+
     rows = [{"problem": "p", "answer": 27.0, "id": 7}, {"problem": "q", "answer": 3.5, "id": 8}]
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        path = tmp_path / "x.parquet"
-        path.write_bytes(b"PAR1")
-        with pytest.raises(ImportError, match="pip install pyarrow"):
-            load_problems(path)
-        return
     path = tmp_path / "x.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     problems = load_problems(path)
+    assert problems.format == "amc"
     assert [(p.id, p.answer) for p in problems] == [("7", "27"), ("8", "3.5")]
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # None in sys.modules: the import fails
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"PAR1")
+    with pytest.raises(DataError, match=r"x\.parquet: reading \.parquet needs pyarrow: "
+                                        r"pip install 'rlvfast\[parquet\]'"):
+        load_problems(path)
+
+
+# --- .json: one array of objects ---
+
+def test_json_array(tmp_path):
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps([{"problem": "p", "answer": "\\frac12"}, {"problem": "q", "solution": "\\boxed{3}"}],
+                               indent=2))
+    problems = load_problems(path)
+    assert problems.format == "math"
+    assert [(p.id, p.problem, p.answer) for p in problems] == [("set-1", "p", "\\frac12"), ("set-2", "q", "3")]
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('{"data": [{"problem": "p", "answer": "1"}]}',
+     r"d\.json: expected a JSON array of objects, got dict with keys \['data'\]"),
+    ('[{"problem": "p", "answer": "1"}, 5]', r"d\.json:row 2: expected a JSON object, got int"),
+    ('{"problem": "p", "answer": "1"}\n{"problem": "q", "answer": "2"}\n',
+     r"d\.json: bad JSON \(Extra data at line 2 column 1\); one object per line is a \.jsonl file"),
+    ('[{"problem": "p", "answer": "1"},', r"d\.json: bad JSON \(Expecting value at line 1 column 34\)$"),
+    ("[]", r"d\.json: empty file"),
+])
+def test_json_that_is_not_an_array_of_objects(tmp_path, text, pattern):
+    path = tmp_path / "d.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=pattern):
+        load_problems(path)

@@ -7,13 +7,19 @@ tiny model answers nothing); the last test runs the real Sampler on the tiny mod
 """
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import rlvfast.models
 import rlvfast.sampler
 from rlvfast import eval as rlv_eval
+from rlvfast.cli import UserError, run_command
 from rlvfast.synthetic import evaluate, solution_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +72,7 @@ def scripted(monkeypatch):
 
 def _run(tmp_path, model_dir, *extra, out="out"):
     argv = ["--model", str(model_dir), "--out", str(tmp_path / out), *extra]
-    return rlv_eval.main(argv), tmp_path / out
+    return rlv_eval.run(argv), tmp_path / out
 
 
 def _read(path):
@@ -171,7 +177,7 @@ def test_resume_skips_finished_problems(tmp_path, tiny_model_dir, scripted):
     scripted.num_generate_calls = 0
     third, _ = _run(tmp_path, tiny_model_dir, *args, "--num-problems", "5")
     assert scripted.num_generate_calls == 1 and third["num_problems"] == 5  # only the new problem
-    with pytest.raises(SystemExit, match="n=4"):
+    with pytest.raises(UserError, match="n=4"):
         _run(tmp_path, tiny_model_dir, "--data", "synthetic:hard", "--num-problems", "4", "--n", "8")
 
 
@@ -255,7 +261,7 @@ def test_baseline_comparison(tmp_path, tiny_model_dir, scripted):
     assert ours["vs_baseline"]["baseline_parallel"] == base["parallel"]
     data = (out / "accuracy_vs_k_vs_baseline.png").read_bytes()
     assert data[:8] == PNG and len(data) > 5000
-    with pytest.raises(SystemExit, match="not comparable"):
+    with pytest.raises(UserError, match="not comparable"):
         _run(tmp_path, tiny_model_dir, "--data", "synthetic:test", "--num-problems", "2", "--n", "4",
              "--baseline", str(base_out), out="other")
 
@@ -281,3 +287,124 @@ def test_verify_prompt_of_a_checkpoint(tmp_path):
     step.mkdir(parents=True)
     (tmp_path / "run" / "summary.json").write_text(json.dumps({"config": {"verify_prompt": "\nOK?\n"}}))
     assert rlv_eval.training_verify_prompt(str(step)) == "\nOK?\n"
+
+
+# ---- the command's edge: one line and exit 2 for bad input, Ctrl-C, hub ids, aliases, warnings ----
+def _command(tmp_path, model, *extra, out="out"):
+    return run_command(rlv_eval.main, "rlvfast.eval", ["--model", str(model), "--out", str(tmp_path / out), *extra])
+
+
+def test_bad_data_file_is_one_line_and_exit_2(tmp_path):
+    """The real `python -m rlvfast.eval`: no traceback, and nothing written to --out."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "p", "answer": "1"}\n{"problem": "q", "answer": \n')
+    root = Path(rlv_eval.__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "rlvfast.eval", "--model", str(tmp_path), "--data", str(bad),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=root,
+                          env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"rlvfast.eval: error: --data: {bad}:line 2: bad JSON"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_errors_of_a_run_are_one_line(tmp_path, tiny_model_dir, scripted, capsys):
+    common = ("--data", "synthetic:test", "--num-problems", "2", "--n", "4")
+    assert _command(tmp_path, tiny_model_dir, *common) == 0
+    capsys.readouterr()
+    assert _command(tmp_path, tiny_model_dir, *common[:-1], "2") == 2  # other --n, same --out
+    err = capsys.readouterr().err
+    assert err.startswith(f"rlvfast.eval: error: --out {str(tmp_path / 'out')!r} holds samples made with other "
+                          "settings (n=4 there, 2 now)") and err.count("\n") == 1, err
+    scripted.num_generate_calls = 0
+    assert _command(tmp_path, tiny_model_dir, *common[:-1], "2", "--baseline", str(tmp_path / "out"),
+                    out="other") == 2
+    err = capsys.readouterr().err  # refused before any sampling
+    assert err == (f"rlvfast.eval: error: --baseline {str(tmp_path / 'out')!r} has 2 problems x n=4, "
+                   "this run 2 x n=2: not comparable\n")
+    assert scripted.num_generate_calls == 0
+
+
+def test_missing_model_is_one_line_and_a_fixed_rerun_is_not_refused(tmp_path, tiny_model_dir, scripted, monkeypatch,
+                                                                      capsys):
+    def no_model(path, **kwargs):
+        raise OSError(f"{path} is not a local folder and is not a valid model identifier")
+
+    common = ("--data", "synthetic:test", "--num-problems", "2")
+    with monkeypatch.context() as patch:
+        patch.setattr(rlvfast.models, "load_model", no_model)
+        assert _command(tmp_path, "org/no-such-model", *common, "--n", "4") == 2
+    err = capsys.readouterr().err
+    assert err == ("rlvfast.eval: error: --model 'org/no-such-model': org/no-such-model is not a local folder "
+                   "and is not a valid model identifier\n")
+    # that run wrote config.json but no samples: other settings are not "samples made with other settings"
+    assert _command(tmp_path, tiny_model_dir, *common, "--n", "2") == 0
+    assert len(_read(tmp_path / "out" / "samples.jsonl")) == 4
+
+
+def test_ctrl_c_keeps_finished_problems(tmp_path, tiny_model_dir, scripted, monkeypatch, capsys):
+    run_batch = rlv_eval.Evaluator.run_batch
+    calls = []
+
+    def interrupted_second_batch(self, problems):
+        calls.append(problems)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_batch(self, problems)
+
+    monkeypatch.setattr(rlv_eval.Evaluator, "run_batch", interrupted_second_batch)
+    status = _command(tmp_path, tiny_model_dir, "--data", "synthetic:test", "--num-problems", "3", "--n", "2",
+                      "--batch-problems", "1")
+    assert status == 130
+    assert capsys.readouterr().err.endswith(
+        "rlvfast.eval: interrupted: finished problems are kept in samples.jsonl; rerun to resume\n")
+    assert len(_read(tmp_path / "out" / "samples.jsonl")) == 2  # the first problem's n samples
+
+
+@pytest.mark.parametrize("model", ["./nope", "/no/such/dir", "~/no-such-model", "runs/a/final", "model.gguf"])
+def test_local_looking_model_that_is_missing_is_refused(tmp_path, capsys, model):
+    with pytest.raises(SystemExit):
+        rlv_eval.parse_args(["--model", model, "--out", str(tmp_path), "--data", "synthetic"])
+    assert f"--model {model!r}: no such file or directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-0.5B-Instruct", "gpt2"])
+def test_hub_ids_pass_to_the_loader(tmp_path, model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = rlv_eval.parse_args(["--model", model, "--out", str(tmp_path / "o"), "--data", "synthetic"])
+    assert args.model == model
+    # a summary.json in the working directory is not the hub model's training run
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {"verify_prompt": "\nOK?\n"}}))
+    assert rlv_eval.training_verify_prompt(model) is None
+
+
+def test_train_flag_names_are_aliases(tmp_path):
+    args = rlv_eval.parse_args(["--model", str(tmp_path), "--out", str(tmp_path), "--data", "synthetic",
+                                "--max-new-tokens", "7", "--grader-timeout", "2.5"])
+    assert (args.max_tokens, args.grade_timeout) == (7, 2.5)
+    args = rlv_eval.parse_args(["--model", str(tmp_path), "--out", str(tmp_path), "--data", "synthetic"])
+    assert (args.max_tokens, args.grade_timeout, args.num_problems, args.judge_max_tokens, args.threshold) == (
+        256, 5.0, 100, 512, [0.6])
+
+
+def test_flags_that_do_nothing_are_warned_about(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "p", "answer": "1"}\n')
+    base = ["--model", str(tmp_path), "--out", str(tmp_path / "o")]
+    args = rlv_eval.parse_args([*base, "--data", str(data), "--num-problems", "5", "--max-tokens", "64",
+                                "--lengths", "8,16", "--threshold", "0.5", "--judge-max-tokens", "9"])
+    assert args.max_tokens == 16 and args.judge_max_tokens == 9
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[2] for line in err] == ["--num-problems", "--max-tokens", "--judge-max-tokens"], err
+    assert all(line.startswith("rlvfast.eval: warning: ") for line in err)
+    rlv_eval.parse_args([*base, "--data", str(data), "--threshold", "0.5"])
+    assert "--threshold applies to sequential scaling only" in capsys.readouterr().err
+    rlv_eval.parse_args([*base, "--data", "synthetic", "--num-problems", "5", "--lengths", "8,16", "--max-tokens",
+                         "16", "--judge", "--judge-max-tokens", "9", "--threshold", "0.5"])
+    assert capsys.readouterr().err == ""  # each flag here does something
+
+
+def test_a_baseline_that_is_not_an_eval_is_a_user_error(tmp_path):
+    (tmp_path / "results.json").write_text("[]")
+    with pytest.raises(UserError, match=r"results\.json is not an eval's results\.json"):
+        rlv_eval.load_baseline(str(tmp_path), n=4, num_problems=2)

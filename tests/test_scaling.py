@@ -68,6 +68,29 @@ def test_efficiency_rows():
     assert rows[1]["ratio"] == 2.0 and rows[3]["ratio"] is None
 
 
+def test_efficiency_has_no_ratio_when_there_is_nothing_to_match():
+    # every accuracy 0: majority@1 "reaches" weighted@k for any k, which used to print 0.5x, 0.25x
+    zeros = {"majority": {"1": 0.0, "2": 0.0, "4": 0.0}, "weighted": {"1": 0.0, "2": 0.0, "4": 0.0}}
+    assert [(r["baseline_k"], r["ratio"], r["ratio_text"]) for r in efficiency(zeros, 4)] == [(None, None, "n/a")] * 3
+    # weighted 0 at k=1 only: that row is n/a, the others are real ratios or a lower bound
+    mixed = {"majority": {"1": 0.0, "2": 0.2, "4": 0.2}, "weighted": {"1": 0.0, "2": 0.2, "4": 0.5}}
+    assert [(r["baseline_k"], r["ratio"], r["ratio_text"]) for r in efficiency(mixed, 4)] == [
+        (None, None, "n/a"), (2, 1.0, "1"), (None, None, ">1")]
+
+
+def test_report_prints_na_for_pools_that_are_all_wrong():
+    pools = [_pool(p, ["7", "8", None, "7"], [False] * 4, [0.4, 0.9, 0.1, 0.3]) for p in ("a", "b")]
+    results = summarize(pools, num_trials=10)
+    assert results["parallel"]["weighted"] == {"1": 0.0, "2": 0.0, "4": 0.0}
+    assert [r["ratio"] for r in results["efficiency"]] == [None, None, None]
+    line = next(x for x in format_report(results).splitlines() if "efficiency" in x)
+    assert line.endswith("k=1: n/a  k=2: n/a  k=4: n/a"), line
+    parallel = {"pass": {"1": 0.3, "2": 0.6}, "majority": {"1": 0.3, "2": 0.4}, "weighted": {"1": 0.3, "2": 0.5}}
+    block = {"num_problems": 1, "n": 2, "mean_tokens_per_sample": 1.0, "parallel": parallel,
+             "efficiency": efficiency(parallel, 2)}
+    assert "k=1: 1x  k=2: >1x" in format_report(block)
+
+
 def _auc_pairs(scores, labels):
     pos = [s for s, y in zip(scores, labels) if y]
     neg = [s for s, y in zip(scores, labels) if not y]
