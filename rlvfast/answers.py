@@ -3,19 +3,20 @@
 Extraction, `extract_answer(text)`: the content of the last complete `\\boxed{...}` (or
 `\\fbox{...}`, nested braces allowed), else a GSM8K `#### N` line, else the last plain number.
 A box is the solution's declared answer, so when one was opened but cannot be read, there is
-no answer (never the last number, which would be a digit from inside the box): a box still
-open at the end of the text (`\\boxed{\\frac{1}{2}`), or, for a text longer than
+no answer (never the last number, which would be a digit from inside the box): an empty box,
+a box still open at the end of the text (`\\boxed{\\frac{1}{2}`), or, for a text longer than
 `MAX_TEXT_CHARS` (only that tail is scanned), a box command before the tail and no complete
 box inside it. An earlier complete box still counts when a later one is left open.
 
 Normalization, `normalize_answer(answer)`: the canonical answer key. Grading's fast path
 calls two answers correct when their keys are equal, and voting groups samples by key, so
 the rule is: **equal keys only for mathematically equal answers**. Each rewrite keeps the
-value: `$`, LaTeX spacing (`\\left`, `\\,`, ...), whitespace, a trailing period, a whole-answer
-`\\boxed{}`/`\\fbox{}`/`\\text{}`, thousands separators (`1,000`), a leading `+`, leading zeros;
-exact rationals get one spelling: "0.5" == "1/2" == "\\frac{1}{2}" -> "1/2", "56.0" -> "56".
-Integers are canonicalized as strings (any length); a decimal or fraction longer than
-`MAX_NUMBER_CHARS` keeps its spelling, so no `int()`/`Fraction()` of a huge string can raise.
+value: `$`, LaTeX spacing (`\\left`, `\\,`, ...), whitespace, a trailing period, a
+whole-answer `\\boxed{}`/`\\fbox{}`/`\\text{}` (up to `MAX_UNWRAPS` deep), a leading `+`,
+leading zeros, thousands separators (`1,000`, `-1,234.5`); exact rationals get one
+spelling: "0.5" == "1/2" == "\\frac{1}{2}" -> "1/2", "56.0" -> "56". Integers are
+canonicalized as strings (any length); a decimal or fraction longer than `MAX_NUMBER_CHARS`
+keeps its spelling, so no `int()`/`Fraction()` of a huge string raises.
 
 Not here: equivalence beyond the key (math-verify, `rlvfast.grading`), choosing among
 answers (`rlvfast.voting`).
@@ -29,6 +30,7 @@ MAX_TEXT_CHARS = 200_000  # longer solutions: only the tail is searched (the ans
 # Below 640, the smallest limit `sys.set_int_max_str_digits` accepts: no int()/str() of a
 # number this long raises, whatever the interpreter's limit (4300 digits by default).
 MAX_NUMBER_CHARS = 600
+MAX_UNWRAPS = 8  # whole-answer wrappers peeled: `\\boxed{\\boxed{5}}` -> "5"; deeper ones keep the rest
 
 # One pass over braces: box openers, escaped braces (literal, skipped) and plain braces.
 _BRACE_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
@@ -111,7 +113,9 @@ def normalize_answer(answer: str | int | None) -> str | None:
     if answer is None:
         return None
     s = _clean(str(answer))
-    while s and (inner := _unwrap(s)) is not None:
+    for _ in range(MAX_UNWRAPS):  # each unwrap scans s: no unbounded peeling of 25,000 boxes
+        if not s or (inner := _unwrap(s)) is None:
+            break
         s = _clean(inner)
     s = s.lstrip("+")
     if not s:

@@ -2,7 +2,7 @@
 import pytest
 
 from rlvfast import grading, voting
-from rlvfast.answers import MAX_TEXT_CHARS, extract_answer, is_int_key, last_boxed, normalize_answer
+from rlvfast.answers import MAX_TEXT_CHARS, MAX_UNWRAPS, extract_answer, is_int_key, last_boxed, normalize_answer
 from rlvfast.grading import Grader
 
 HUGE = "7" * 5000  # over Python's 4300-digit int()/str() limit
@@ -75,6 +75,13 @@ def test_normalize_huge_numbers_without_raising(raw, expected):
     assert normalize_answer(raw) == expected
 
 
+def test_deep_boxes_peel_up_to_max_unwraps():
+    deep = "\\boxed{" * 20_000 + "5" + "}" * 20_000  # would take minutes peeled one scan at a time
+    rest = 20_000 - MAX_UNWRAPS
+    assert normalize_answer(deep) == "\\boxed{" * rest + "5" + "}" * rest
+    assert normalize_answer("\\boxed{" * MAX_UNWRAPS + "5" + "}" * MAX_UNWRAPS) == "5"
+
+
 def test_voting_on_huge_answers():
     assert voting.majority_vote([HUGE, "1", "00" + HUGE, "0." + HUGE]) == HUGE
 
@@ -117,11 +124,10 @@ def test_grading_and_voting_share_one_rule():
 
 
 # Pairs with equal keys that math-verify, on its own, also calls equal: the key's rewrites
-# keep the value. (Thousands separators are the fast path's own rule: math-verify reads
-# "1,000" as a tuple.)
+# keep the value.
 EQUAL_KEYS = [("0.5", "\\frac{1}{2}"), ("\\dfrac{2}{4}", "1/2"), ("-\\frac{3}{6}", "-0.5"), ("56.0", "56"),
-              ("025", "25"), ("\\text{5}", "5"), ("\\boxed{5}", "5"), ("-0", "0"), ("\\frac{-3}{6}", "-\\frac{1}{2}"),
-              ("\\left(3,\\pi\\right)", "(3, \\pi)")]
+              ("025", "25"), ("\\text{5}", "5"), ("\\boxed{5}", "5"), ("-0", "0"), ("1,000", "1000"),
+              ("\\frac{-3}{6}", "-\\frac{1}{2}"), ("\\left(3,\\pi\\right)", "(3, \\pi)")]
 
 
 def test_equal_keys_are_equal_for_math_verify():
