@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from rlvfast.grading import last_boxed
+from rlvfast.answers import last_boxed
 
 
 @dataclass(slots=True)

@@ -1,109 +1,45 @@
 """Answer grading: extract the final answer from a solution and decide if it equals the gold.
 
-`extract_answer(text)` takes the last `\\boxed{...}` (or `\\fbox{...}`, nested braces
-allowed), else a GSM8K `#### N` line, else the last plain number. `is_correct(text, gold)`
-and `Grader.grade/grade_batch` decide equivalence in two tiers:
+Answers come from `rlvfast.answers` (re-exported here: `extract_answer`, `last_boxed`,
+`normalize_answer`). `is_correct(text, gold)` and `Grader.grade/grade_batch` decide
+equivalence in two tiers:
 
-1. In-process fast path, no IPC: answers equal after `normalize_answer` are correct; two
-   different integers (the synthetic task, GSM8K, AIME) are wrong.
+1. In-process fast path, no IPC: answers with equal `normalize_answer` keys are correct
+   (the key is the one voting groups by, and equal keys mean equal values); two different
+   integers (the synthetic task, GSM8K, AIME) are wrong; no key (an empty answer) is wrong.
 2. Everything else goes to math-verify in worker processes (`rlvfast.grade_pool`), each
    answer under a hard wall-clock limit: sympy can hang for minutes, so a worker still busy
    at the deadline is killed and replaced, and the answer grades wrong, status "timeout".
    Workers start lazily, on the first answer that needs math-verify.
 
-This module does not load datasets (`rlvfast.data`) or choose answers (`rlvfast.voting`).
+This module does not extract or normalize answers (`rlvfast.answers`), load datasets
+(`rlvfast.data`) or choose answers (`rlvfast.voting`).
 """
 from __future__ import annotations
 
 import atexit
-import re
 import threading
 import weakref
 from dataclasses import dataclass
-from fractions import Fraction
 
+from rlvfast.answers import MAX_TEXT_CHARS, extract_answer, is_int_key, last_boxed, normalize_answer
 from rlvfast.grade_pool import VerifyPool
 
-MAX_TEXT_CHARS = 200_000   # longer solutions: only the tail is searched (the answer is at the end)
+__all__ = ["MAX_ANSWER_CHARS", "MAX_TEXT_CHARS", "GradeResult", "Grader", "default_grader", "extract_answer",
+           "is_correct", "last_boxed", "normalize_answer"]
+
 MAX_ANSWER_CHARS = 1_000   # longer extracted answers grade wrong without math-verify
-
-# One pass over braces: box openers, escaped braces (literal, skipped) and plain braces.
-_BRACE_TOKEN_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|\\[{}]|[{}]")
-_BOXED_BARE_RE = re.compile(r"\\boxed\s+([^\s${}]+)")
-_GSM8K_RE = re.compile(r"####\s*([^\n]*)")
-_NUMBER_RE = re.compile(r"(?<!\w)-?\d+(?:,\d{3})*(?:\.\d+)?")  # "4-3" -> "4", "3"; "=-3" -> "-3"
-_INT_RE = re.compile(r"^-?\d+$")
-_DECIMAL_RE = re.compile(r"^-?(?:\d+\.\d*|\.\d+)$")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}$")
-_LATEX_NOISE = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete outermost `\\boxed{...}`/`\\fbox{...}`, or None."""
-    stack: list[int | None] = []  # per open brace: content start if it opened a box, else None
-    num_open_boxes = 0
-    last: str | None = None
-    for match in _BRACE_TOKEN_RE.finditer(text):
-        token = match.group()
-        if token[-1] == "{" and token != "\\{":
-            is_outer_box = token[0] == "\\" and num_open_boxes == 0
-            stack.append(match.end() if is_outer_box else None)
-            num_open_boxes += is_outer_box
-        elif token == "}" and stack:
-            start = stack.pop()
-            if start is not None:
-                last = text[start:match.start()]
-                num_open_boxes -= 1
-    if last is None:
-        bare = _BOXED_BARE_RE.findall(text)
-        last = bare[-1] if bare else None
-    return last.strip() if last is not None else None
-
-
-def extract_answer(text: str | None) -> str | None:
-    """The final answer of a solution: last boxed, else `#### N`, else the last number."""
-    if not isinstance(text, str) or not text.strip():
-        return None
-    text = text[-MAX_TEXT_CHARS:]
-    boxed = last_boxed(text)
-    if boxed:
-        return boxed
-    hashes = [m.strip() for m in _GSM8K_RE.findall(text)]
-    if hashes and hashes[-1]:
-        return hashes[-1]
-    numbers = _NUMBER_RE.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def normalize_answer(answer: str) -> str:
-    """A canonical string for fast comparison and voting (only rewrites that keep the value)."""
-    s = answer.strip().strip("$").strip()
-    for noise in _LATEX_NOISE:
-        s = s.replace(noise, "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = "".join(s.split()).rstrip(".")
-    if (wrapped := _TEXT_WRAP_RE.match(s)) is not None:
-        s = wrapped.group(1)
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    s = s.lstrip("+")
-    if _INT_RE.match(s):
-        s = str(int(s)) if len(s) < 4000 else s  # "025" -> "25", "-0" -> "0"
-    return s
 
 
 def _fast_decide(answer: str, gold: str) -> bool | None:
-    """True/False when cheap string/number rules settle it, None when math-verify must."""
+    """True/False when the answer keys settle it, None when math-verify must."""
     a, g = normalize_answer(answer), normalize_answer(gold)
-    if a == g:
-        return bool(a)
-    if _INT_RE.match(a) and _INT_RE.match(g):
+    if a is None or g is None:
         return False
-    if _DECIMAL_RE.match(a) or _DECIMAL_RE.match(g):
-        numeric = (_INT_RE.match(a) or _DECIMAL_RE.match(a)) and (_INT_RE.match(g) or _DECIMAL_RE.match(g))
-        if numeric and max(len(a), len(g)) < 100 and Fraction(a) == Fraction(g):
-            return True
+    if a == g:
+        return True
+    if is_int_key(a) and is_int_key(g):
+        return False
     return None
 
 

@@ -1,7 +1,9 @@
 """Answer selection from N samples: majority vote, verifier-weighted vote, Best-of-N, pass@k.
 
-Answers are compared after `normalize_answer` (whitespace, `\\boxed{}`, `$`, trailing period,
-and exact rational numbers: "56" == " 56 " == "56.0", "0.5" == "1/2" == "\\frac{1}{2}").
+Answers are compared by their `normalize_answer` key (`rlvfast.answers`, re-exported here:
+the same key the grader's fast path calls correct when equal, so a vote groups exactly the
+answers the grader would call equal without math-verify: "56" == " 56 " == "\\boxed{56}" ==
+"56.0", "0.5" == "1/2" == "\\frac{1}{2}").
 A sample without an answer (None) never wins unless every sample lacks one (then the vote
 is None). Ties are broken deterministically: **the candidate whose first sample comes
 earliest in the given order wins** (for Best-of-N: the earliest sample among the top scores).
@@ -15,63 +17,12 @@ random subsets of a larger pool lives in `rlvfast.scaling`. Grading is not done 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from fractions import Fraction
 
-from rlvfast import grading
+from rlvfast.answers import normalize_answer
 
-_BOXED = ("\\boxed{", "\\fbox{")
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
-_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
-_FRACTION = re.compile(r"^([+-]?)\\[dt]?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)/([+-]?\d+)$")
-
-
-def _unbox(text: str) -> str:
-    """Content of the last `\\boxed{...}` (braces balanced), or the text itself."""
-    start = max(text.rfind(marker) for marker in _BOXED)
-    if start < 0:
-        return text
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return text[i:]  # unbalanced: take the rest
-
-
-def _as_fraction(text: str) -> Fraction | None:
-    """The exact rational a plain number or simple fraction denotes, else None."""
-    if _THOUSANDS.match(text):
-        text = text.replace(",", "")
-    if _NUMBER.match(text):
-        return Fraction(text)
-    match = _FRACTION.match(text)
-    if match is None:
-        return None
-    sign, num, den = (match.group(1), match.group(2), match.group(3)) if match.group(2) is not None \
-        else ("", match.group(4), match.group(5))
-    if int(den) == 0:
-        return None
-    value = Fraction(int(num), int(den))
-    return -value if sign == "-" else value
-
-
-def normalize_answer(answer: str | None) -> str | None:
-    """Canonical form used to compare answers; None (or nothing left) means no answer.
-
-    The grader's `normalize_answer` (LaTeX spacing, $, \\text{}, thousands, leading zeros),
-    after unboxing, plus exact rationals: "0.5", "1/2" and "\\frac{1}{2}" vote together."""
-    if answer is None:
-        return None
-    text = grading.normalize_answer(_unbox(str(answer).strip()))
-    if not text:
-        return None
-    value = _as_fraction(text)
-    if value is None:
-        return text
-    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+__all__ = ["best_index", "best_of_n", "majority_index", "majority_vote", "normalize_answer", "pass_at_k",
+           "weighted_index", "weighted_vote"]
 
 
 def _check_lengths(keys: Sequence, scores: Sequence[float]) -> None:

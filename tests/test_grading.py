@@ -39,6 +39,8 @@ def _math500():
     ("first \\boxed{1} then \\boxed{2}.", "2"),                              # the last box wins
     ("\\fbox{\\{1,2\\}}", "\\{1,2\\}"),                                      # \fbox, escaped braces
     ("\\boxed{3} and a truncated \\boxed{\\frac{1", "3"),                    # unclosed last box
+    ("so \\boxed{\\frac{1}{2}", None),                                      # unclosed only box: no answer
+    ("\\boxed{" + "1+" * 100_000 + "2} done", None),                         # opener cut off by the tail window
     ("The answer is $\\boxed 7$.", "7"),                                     # \boxed without braces
     ("7+8=15\n15-3=12\n\\boxed{-10}", "-10"),                               # synthetic, negative
     ("She pays 3 * 4 = 12 dollars.\n#### 1,234", "1,234"),                   # GSM8K
@@ -57,7 +59,7 @@ def test_last_boxed_outermost_of_nested_boxes():
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ("$\\dfrac{1}{2}$", "\\frac{1}{2}"), ("1,000", "1000"), ("025", "25"), ("+5", "5"),
+    ("$\\dfrac{1}{2}$", "1/2"), ("0.50", "1/2"), ("\\boxed{7}", "7"), ("1,000", "1000"), ("025", "25"), ("+5", "5"),
     ("\\text{Evelyn}", "Evelyn"), ("\\left( 3, \\pi \\right)", "(3,\\pi)"), ("10,\\!080", "10080"),
 ])
 def test_normalize_answer(raw, expected):
@@ -110,9 +112,10 @@ def test_grade_equivalences(grader, text, gold, expected):
 
 def test_fast_path_decides_integers_without_workers():
     with Grader(timeout=TIMEOUT_S) as fresh:
-        results = fresh.grade_batch(["\\boxed{56}", "\\boxed{57}", "1+2=3"], ["56", "56", "3"])
-        assert [r.correct for r in results] == [True, False, True]
-        assert fresh.num_fast == 3 and fresh._pool._zygote is None  # no process was started
+        results = fresh.grade_batch(["\\boxed{56}", "\\boxed{57}", "1+2=3", "\\boxed{\\frac{1}{2}}", "\\boxed{56.0}"],
+                                    ["56", "56", "3", "0.5", "57"])
+        assert [r.correct for r in results] == [True, False, True, True, False]
+        assert fresh.num_fast == 5 and fresh._pool._zygote is None  # no process was started
 
 
 @pytest.mark.parametrize("text, gold, status", [
@@ -121,6 +124,7 @@ def test_fast_path_decides_integers_without_workers():
     ("x" * 2_000_000 + " \\boxed{4}", "3", "ok"),                           # only the tail is read
     ("\\boxed{" + "1+" * 5_000 + "1}", "3", "ok"),                          # over MAX_ANSWER_CHARS
     ("\\boxed{" * 50_000, "3", "ok"),                                       # unclosed braces
+    ("so \\boxed{\\frac{1}{2}", "2", "ok"),                                  # unclosed box, not its last digit
 ])
 def test_degenerate_inputs_grade_wrong_without_raising(grader, text, gold, status):
     result = grader.grade(text, gold)
@@ -146,7 +150,7 @@ def test_hanging_answer_times_out_within_limit_and_grader_recovers(grader, hang)
     assert result == GradeResult(False, hang[len("\\boxed{"):-1], "timeout")
     assert elapsed < TIMEOUT_S + MARGIN_S, elapsed
     assert grader.num_timeouts == num_timeouts + 1
-    assert grader.grade("\\boxed{\\frac{2}{4}}", "0.5") == GradeResult(True, "\\frac{2}{4}", "ok")
+    assert grader.grade("\\boxed{2\\sqrt{2}}", "\\sqrt{8}") == GradeResult(True, "2\\sqrt{2}", "ok")
     killed = pids_before - {w.pid for w in grader._pool._workers}
     assert len(killed) == 1 and _is_gone(killed.pop())
 
@@ -170,7 +174,7 @@ def test_close_stops_every_process():
     assert len(pids) == 2
     grader.close()
     assert zygote.poll() is not None and all(_is_gone(pid) for pid in pids)
-    assert grader.grade("\\boxed{\\frac{1}{2}}", "0.5").correct  # a later grade starts afresh
+    assert grader.grade("\\boxed{2\\sqrt{2}}", "\\sqrt{8}").correct  # a later grade starts afresh
     grader.close()
 
 
@@ -178,7 +182,7 @@ def test_slow_answers_do_not_serialize_the_batch():
     # 2 hangs + 8 answers that need math-verify on 3 workers: the hangs time out side by side
     # while the third worker grades the rest, so the batch takes about one time-out (2 s);
     # one worker at a time would take two time-outs (4 s).
-    fast = [(f"\\boxed{{\\frac{{{k}}}{{{2 * k}}}}}", "0.5") for k in range(1, 9)]
+    fast = [(f"\\boxed{{{k}\\sqrt{{2}}}}", f"\\sqrt{{{2 * k * k}}}") for k in range(1, 9)]  # not the fast path
     texts = HANGS[1:] + [text for text, _ in fast]
     golds = ["3", "3"] + [gold for _, gold in fast]
     with Grader(timeout=TIMEOUT_S, num_workers=3) as fresh:
@@ -194,7 +198,7 @@ def test_slow_answers_do_not_serialize_the_batch():
 def test_grading_from_a_thread(grader):
     results = []
     thread = threading.Thread(target=lambda: results.append(
-        grader.grade_batch(["\\boxed{\\frac{1}{4}}", "\\boxed{0.3}"], ["0.25", "\\frac13"])))
+        grader.grade_batch(["\\boxed{\\sqrt{8}}", "\\boxed{0.3}"], ["2\\sqrt{2}", "\\frac13"])))
     thread.start()
     thread.join(timeout=60)
     assert [r.correct for r in results[0]] == [True, False]
@@ -204,7 +208,7 @@ def test_concurrent_threads_share_one_grader(grader):
     outputs = {}
 
     def work(k: int) -> None:
-        outputs[k] = grader.grade(f"\\boxed{{\\frac{{{k}}}{{{k + 1}}}}}", f"{k}/{k + 1}").correct
+        outputs[k] = grader.grade(f"\\boxed{{{k}\\sqrt{{2}}}}", f"\\sqrt{{{2 * k * k}}}").correct
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
     for thread in threads:
@@ -215,7 +219,7 @@ def test_concurrent_threads_share_one_grader(grader):
 
 
 def _grade_in_child(queue) -> None:
-    queue.put(is_correct("\\boxed{\\frac{6}{8}}", "0.75"))
+    queue.put(is_correct("\\boxed{\\sqrt{12}}", "2\\sqrt{3}"))
 
 
 def test_grading_in_a_spawned_process():
@@ -244,7 +248,7 @@ def test_broken_worker_start_grades_error_instead_of_hanging(monkeypatch):
 
     monkeypatch.setattr(grade_pool.sys, "executable", "/bin/false")  # the zygote exits at once
     with Grader(timeout=TIMEOUT_S) as broken:
-        results = broken.grade_batch(["\\boxed{\\frac{1}{2}}", "\\boxed{7}"], ["0.5", "7"])
+        results = broken.grade_batch(["\\boxed{2\\sqrt{2}}", "\\boxed{7}"], ["\\sqrt{8}", "7"])
         assert [(r.correct, r.status) for r in results] == [(False, "error"), (True, "ok")]
         assert broken.num_errors == 1
         with pytest.raises(RuntimeError, match="zygote failed to start"):

@@ -12,6 +12,8 @@ from rlvfast.voting import (best_index, best_of_n, majority_index, majority_vote
     ("-7", "-7"), ("0.5", "1/2"), ("1/2", "1/2"), ("\\frac{1}{2}", "1/2"), ("\\dfrac{1}{2}", "1/2"),
     ("-\\frac{3}{6}", "-1/2"), ("1,000", "1000"), ("(1,2)", "(1,2)"), ("\\boxed{\\frac{\\pi}{2}}", "\\frac{\\pi}{2}"),
     ("x = 5", "x=5"), ("", None), ("   ", None), (None, None), ("\\boxed{}", None), ("1/0", "1/0"),
+    ("9" * 5000, "9" * 5000), ("-009" + "9" * 5000, "-9" + "9" * 5000), ("0." + "9" * 5000, "0." + "9" * 5000),
+    ("\\boxed{\\frac{1}{2}", None), ("\\boxed{5}+1", "\\boxed{5}+1"),   # an open box; not a whole-answer box
 ])
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
@@ -24,6 +26,7 @@ def test_majority_vote_hand_worked():
     assert majority_vote([None, None, None, "3"]) == "3"  # None never wins against an answer
     assert majority_vote([None, None]) is None
     assert majority_vote([]) is None
+    assert majority_vote(["9" * 5000, "1", "09" + "9" * 4999]) == "9" * 5000  # over int()'s 4300 digits
 
 
 def test_weighted_vote_hand_worked():
