@@ -10,7 +10,7 @@ the loop while the other rows keep decoding: once half of the batch is parked (o
 row is left), [last token, verification prompt] is fed through the parked rows' own caches
 in one forward; P("Yes") is read at the last position. The last sampled token is not in the
 cache yet, so the verification starts with it, except an EOS, which is left out of the
-verified solution (the rule and its proof of agreement: verification.py). A row's KV memory
+verified solution (the rule, shared with the trainer: verification.py). A row's KV memory
 is released when it is verified. `score` is the reference: the same token sequence encoded
 from scratch.
 
