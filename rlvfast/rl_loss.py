@@ -11,8 +11,8 @@ when the reward was 1 (>= 0.5 for a custom reward) and "No" otherwise. Log-probs
 
 By causality the hidden state at the last solution position does not depend on what comes
 after it, so the EOS the sampler drew there is still the policy target, although the next
-input token is the first verify token (the verifier sees the solution without its EOS,
-exactly as `Sampler.verification_ids` builds it).
+input token is the first verify token (the verifier sees the solution without its EOS:
+the row is `rlvfast.sampler.verification_row`, the one the sampler verifies in its cache).
 
 Aggregation (how per-token losses are summed; normalized over the WHOLE step's batch, so
 splitting it into micro-batches does not change the gradient):
@@ -35,6 +35,7 @@ import torch
 
 from rlvfast import ops
 from rlvfast.ops.reference import clipped_token_loss
+from rlvfast.sampler import verification_row
 
 ALGOS = ("grpo", "rloo", "drgrpo")
 LOSS_AGGS = ("token-mean", "seq-mean", "constant")
@@ -143,13 +144,12 @@ def build_rows(samples: Sequence[Sample], verify_ids: Sequence[int], eos_ids: Se
     """Rows `[prompt, solution (no final EOS), verify ids]` (just `[prompt, completion]` when
     `with_verifier` is False, i.e. lambda = 0: the base method's forward exactly). `dtype`:
     of the per-token old log-probs, advantages and weights (float32; float64 in tests)."""
-    eos = set(eos_ids)
+    eos = frozenset(eos_ids)
     rows, policy_index, targets, old, adv, weights, owner = [], [], [], [], [], [], []
     verifier_index, verifier_targets, verifier_weights = [], [], []
     for s in samples:
         completion = list(s.completion_ids)
-        solution = completion[:-1] if completion and completion[-1] in eos else completion
-        row = s.prompt_ids + (solution + list(verify_ids) if with_verifier else completion)
+        row = verification_row(s.prompt_ids, completion, eos, verify_ids) if with_verifier else s.prompt_ids + completion
         rows.append(row)
         first = len(s.prompt_ids) - 1  # the position predicting the first sampled token
         policy_index.append((len(rows) - 1, first, len(completion)))

@@ -349,7 +349,7 @@ def check_fast_trunk_matches_hf(model, tok, prompts):
         for runner in (fast, hf):
             cache, logits = runner.prefill(ids, capacity=len(max(ids, key=len)) + 5)  # + decode + verify
             step = runner.decode_step(cache, logits.argmax(-1))
-            p_yes = runner.verify(cache, [None] + [7] * (len(ids) - 1), [8, 9, 10])
+            p_yes = runner.verify(cache, [[8, 9, 10]] + [[7, 8, 9, 10]] * (len(ids) - 1))  # row 0 as after an EOS
             results.append((logits, step, p_yes))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

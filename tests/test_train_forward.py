@@ -65,6 +65,22 @@ def test_read_hidden_matches_the_padded_forward(micro_path, num_kv_heads):
         assert torch.allclose(got_grads[name], g, rtol=1e-5, atol=1e-6 * g.abs().max().item()), name
 
 
+def test_read_hidden_with_one_token_suffixes_gqa(micro_path):
+    # Every row's suffix is one token past its shared prefix: the attention's one-query path
+    # (the 2 query heads of the kv head attend as 2 "tokens") under the prefix mask, with grad.
+    model = _model(micro_path, 1)
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 11], [9, 10, 12, 0]])
+    mask = (torch.arange(4)[None, :] < torch.tensor([[4], [4], [3]])).long()
+    read = torch.tensor([3, 7, 10])  # the last real position of each row
+    expected = model.model(input_ids=ids, attention_mask=mask).last_hidden_state.reshape(-1, 32)[read]
+    expected_grads = _grads(model, expected.sum())
+    got = train_forward.read_hidden(model, ids, [4, 4, 3], [3, 3, 2], read)
+    got_grads = _grads(model, got.sum())
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-7)
+    for name, g in expected_grads.items():
+        assert torch.allclose(got_grads[name], g, rtol=1e-5, atol=1e-6 * g.abs().max().item()), name
+
+
 def test_a_read_inside_the_shared_prefix_is_an_error(micro_path):
     model = _model(micro_path)
     ids, _, lengths, cut, _ = _rows()
@@ -102,7 +118,7 @@ def test_rl_step_logs_the_samplers_p_yes_from_the_update(micro_path, tmp_path, m
     forward and equals the sampler's in-cache score of the same samples."""
     from rlvfast import Sampler, SamplingParams
     from rlvfast.rl_loss import LossConfig
-    from rlvfast.sampler.prompts import format_prompt
+    from rlvfast.sampler import format_prompt
     from rlvfast.synthetic import make_problems
     from rlvfast.train_config import TrainConfig
 

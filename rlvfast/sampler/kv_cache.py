@@ -201,6 +201,3 @@ class KVCache:
         self.next_position = self.next_position[:n].clone()
         self.keys = [k[:n].clone() for k in self.keys]
         self.values = [v[:n].clone() for v in self.values]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

@@ -3,8 +3,8 @@
 One plain forward of the Hugging Face model per batch (right padding with a 2D attention
 mask, so HF's own positions are right; no KV cache, none of our cache or FastTrunk code),
 then P("Yes") at each row's last real position. `Sampler.score` and the tests and benchmarks
-that check the in-cache scores use it. Not here: building the sequences (`Sampler.
-verification_ids`).
+that check the in-cache scores use it. Not here: building the sequences
+(`verification.verification_row`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`ModelRunner`: the three forwards of the sampler on any Hugging Face causal LM.
 
 `prefill` (left-padded prompts -> next-token logits), `decode_step` (one token per row ->
-logits) and `verify` (the verification prompt through a row's own KV cache -> P("Yes")).
+logits) and `verify` (a verification tail through a row's own KV cache -> P("Yes")).
 Each calls the decoder trunk (`model.base_model`) with an explicit 4D mask and explicit
 positions into our `KVCache`, then applies the LM head to the last position only, so a
 prefill never materializes [B, T, vocab] logits. P("Yes") is `rlvfast.ops.verifier_scores`
@@ -110,13 +110,11 @@ class ModelRunner:
         return self.logits(cache, token_ids[:, None], is_valid)
 
     @torch.inference_mode()
-    def verify(self, cache: KVCache, last_token_ids: list[int | None], verify_ids: list[int]) -> torch.Tensor:
-        """Feeds [last token (None: an EOS, left out), verify ids] through `cache` -> P("Yes") (B,)."""
-        if all(t is None for t in last_token_ids):  # every row ended on EOS: no leading slot
-            input_ids = torch.tensor([verify_ids] * len(last_token_ids), dtype=torch.long, device=self.device)
-            return self.scores(cache, input_ids, torch.ones_like(input_ids, dtype=torch.bool))
-        input_ids = torch.tensor([[t if t is not None else 0] + verify_ids for t in last_token_ids],
-                                 dtype=torch.long, device=self.device)  # (B, 1 + V)
-        is_valid = torch.ones_like(input_ids, dtype=torch.bool)
-        is_valid[:, 0] = torch.tensor([t is not None for t in last_token_ids], device=self.device)
+    def verify(self, cache: KVCache, tails: list[list[int]]) -> torch.Tensor:
+        """Feeds each row's tail (`verification.verification_tail`: [the last sampled id unless
+        an EOS, verify ids]) through `cache`, left-padded to one width -> P("Yes") (B,)."""
+        width = max(len(t) for t in tails)
+        input_ids = torch.tensor([[0] * (width - len(t)) + t for t in tails], dtype=torch.long,
+                                 device=self.device)  # (B, width); pad id irrelevant: masked
+        is_valid = torch.tensor([[False] * (width - len(t)) + [True] * len(t) for t in tails], device=self.device)
         return self.scores(cache, input_ids, is_valid)

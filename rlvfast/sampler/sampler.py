@@ -10,11 +10,13 @@ the loop while the other rows keep decoding: once half of the batch is parked (o
 row is left), [last token, verification prompt] is fed through the parked rows' own caches
 in one forward; P("Yes") is read at the last position. The last sampled token is not in the
 cache yet, so the verification starts with it, except an EOS, which is left out of the
-verified solution (see `verification_ids`). A row's KV memory is released when it is
-verified. `score` is the reference: the same token sequence encoded from scratch.
+verified solution (the rule, shared with the trainer: verification.py). A row's KV memory
+is released when it is verified. `score` is the reference: the same token sequence encoded
+from scratch.
 
 Not here: the forwards (runner.py, fast_trunk.py), the cache layout (kv_cache.py),
-sampling math (sampling.py), prompt texts (prompts.py), the re-encoding (reference.py).
+sampling math (sampling.py), prompt texts (prompts.py), the re-encoding (reference.py), the
+verification row (verification.py).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from rlvfast.sampler.rng import resolve_seed, sample_keys, uniforms
 from rlvfast.sampler.runner import ModelRunner
 from rlvfast.sampler.sampling import sample_tokens
 from rlvfast.sampler.sequence import Sequence
+from rlvfast.sampler.verification import solution_ids, verification_row, verification_tail
 
 Prompt = str | list[int]
 # Ended rows stay parked until half of the batch has ended (or no row is left) and are
@@ -75,13 +78,12 @@ class Sampler:
 
     def solution_ids(self, completion_token_ids: Seq[int]) -> list[int]:
         """The sampled ids the verifier sees: all of them but a final EOS id."""
-        ids = list(completion_token_ids)
-        return ids[:-1] if ids and ids[-1] in self._eos_set else ids
+        return solution_ids(completion_token_ids, self._eos_set)
 
     def verification_ids(self, prompt_token_ids: Seq[int], completion_token_ids: Seq[int]) -> list[int]:
         """[prompt ids, solution ids (a final EOS left out), verify ids]: the exact sequence
         whose last position gives P("Yes") in generate(), score() and the trainer's rows."""
-        return list(prompt_token_ids) + self.solution_ids(completion_token_ids) + self.verify_ids
+        return verification_row(prompt_token_ids, completion_token_ids, self._eos_set, self.verify_ids)
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
@@ -164,8 +166,7 @@ class Sampler:
                 reason, stop_reason = "length", None
             else:
                 continue
-            # the same rule as solution_ids(): a final EOS id (even one sampled under ignore_eos) is left out
-            seq.finish(reason, stop_reason, ends_with_eos=token in self._eos_set)
+            seq.finish(reason, stop_reason)
             ended.append(row)
         return ended
 
@@ -182,9 +183,9 @@ class Sampler:
     def _verify(self, cache: KVCache, parked: list[Sequence]) -> None:
         """P("Yes") for the parked rows of `cache` (`parked` in row order), in one forward
         through their own keys/values, which are then freed."""
-        last = [None if s.ends_with_eos else s.token_ids[-1] for s in parked]
+        tails = [verification_tail(s.token_ids, self._eos_set, self.verify_ids) for s in parked]
         view = cache.parked(extra_columns=1 + len(self.verify_ids))
-        for seq, p_yes in zip(parked, self.runner.verify(view, last, self.verify_ids).tolist()):
+        for seq, p_yes in zip(parked, self.runner.verify(view, tails).tolist()):
             seq.score = p_yes
         cache.drop_parked()
 
@@ -193,8 +194,8 @@ class Sampler:
         look-ahead forward that is then rewound, so decoding goes on as if it never ran."""
         positions = cache.next_position[:cache.num_rows].clone()
         view = cache.live(extra_columns=1 + len(self.verify_ids))
-        last = [None if s.token_ids[-1] in self._eos_set else s.token_ids[-1] for s in live]  # as solution_ids()
-        p_yes = self.runner.verify(view, last, self.verify_ids).tolist()
+        tails = [verification_tail(s.token_ids, self._eos_set, self.verify_ids) for s in live]
+        p_yes = self.runner.verify(view, tails).tolist()
         cache.rewind(view, positions)
         for seq, p in zip(live, p_yes):
             seq.budget_scores[seq.num_completion_tokens] = p
@@ -258,12 +259,12 @@ class Sampler:
         extract = _answer_extractor()
         outputs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, prompt_ids)]
         for seq in seqs:
-            text = self.tokenizer.decode(seq.solution_ids, skip_special_tokens=True)
+            text = self.tokenizer.decode(solution_ids(seq.token_ids, self._eos_set), skip_special_tokens=True)
             if isinstance(seq.stop_reason, str):
                 text = text[:text.find(seq.stop_reason)] if seq.stop_reason in text else text
             outputs[seq.prompt_index].completions.append(Completion(
                 text=text, token_ids=seq.token_ids, logprobs=torch.tensor(seq.logprobs, dtype=torch.float32),
-                finish_reason=seq.finish_reason, answer=extract(text) if extract else None, score=seq.score,
+                finish_reason=seq.finish_reason, answer=extract(text), score=seq.score,
                 stop_reason=seq.stop_reason, budget_scores=dict(seq.budget_scores)))
         return outputs
 
@@ -276,10 +277,9 @@ def _budgets(score_at: Seq[int]) -> frozenset[int]:
 
 
 def _answer_extractor():
-    try:
-        from rlvfast.grading import extract_answer
-    except ImportError:  # grading.py is optional for the sampler
-        return None
+    # Layering debt (issue 12): the answer is a tasks concept; the caller should fill it in.
+    from rlvfast.grading import extract_answer
+
     return extract_answer
 
 

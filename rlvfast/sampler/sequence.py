@@ -2,6 +2,7 @@
 
 A sample lives in one row of the decode batch until it finishes; then it is verified
 (optionally) and leaves the batch. No tensors here, only Python state the loop updates.
+What the verifier sees of it is `verification.solution_ids(token_ids, eos_ids)`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.RUNNING
     finish_reason: str | None = None   # "stop" or "length"
     stop_reason: int | str | None = None  # the EOS id or the stop string
-    ends_with_eos: bool = False        # then the last token is left out of the verified solution
     score: float | None = None
     key: int | None = None             # its random stream (rng.py); None when greedy
     budget_scores: dict[int, float] = field(default_factory=dict)  # generate(score_at=...)
@@ -41,13 +41,7 @@ class Sequence:
         self.token_ids.append(token_id)
         self.logprobs.append(logprob)
 
-    def finish(self, reason: str, stop_reason: int | str | None = None, ends_with_eos: bool = False) -> None:
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         self.stop_reason = stop_reason
-        self.ends_with_eos = ends_with_eos
-
-    @property
-    def solution_ids(self) -> list[int]:
-        """The tokens the verifier sees after the prompt: all sampled ids but a final EOS."""
-        return self.token_ids[:-1] if self.ends_with_eos else self.token_ids
