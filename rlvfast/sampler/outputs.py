@@ -17,7 +17,7 @@ class Completion:
     token_ids: list[int]      # every sampled id, the final EOS / stop-completing token included
     logprobs: torch.Tensor    # float32 [len(token_ids)]: log-prob of each token under the distribution it was drawn from
     finish_reason: str        # "stop" (EOS or stop string) or "length" (max_tokens or the context)
-    answer: str | None = None  # rlvfast.grading.extract_answer(text)
+    answer: str | None = None  # rlvfast.answers.extract_answer(text): the one answer rule
     score: float | None = None  # P("Yes") after the verification prompt; None when not scored
     stop_reason: int | str | None = None  # the EOS id or stop string that ended it, as in vLLM
     # P("Yes") of the first L tokens for each L of generate(score_at=...) the sample ran past

@@ -24,6 +24,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
+from rlvfast.answers import extract_answer
 from rlvfast.models import eos_ids, yes_no_ids
 from rlvfast.sampler.kv_cache import KVCache
 from rlvfast.sampler.outputs import Completion, RequestOutput
@@ -256,7 +257,6 @@ class Sampler:
 
     def _outputs(self, prompts: Seq[Prompt], prompt_ids: list[list[int]], seqs: list[Sequence],
                  params: SamplingParams) -> list[RequestOutput]:
-        extract = _answer_extractor()
         outputs = [RequestOutput(p if isinstance(p, str) else None, ids) for p, ids in zip(prompts, prompt_ids)]
         for seq in seqs:
             text = self.tokenizer.decode(solution_ids(seq.token_ids, self._eos_set), skip_special_tokens=True)
@@ -264,7 +264,7 @@ class Sampler:
                 text = text[:text.find(seq.stop_reason)] if seq.stop_reason in text else text
             outputs[seq.prompt_index].completions.append(Completion(
                 text=text, token_ids=seq.token_ids, logprobs=torch.tensor(seq.logprobs, dtype=torch.float32),
-                finish_reason=seq.finish_reason, answer=extract(text), score=seq.score,
+                finish_reason=seq.finish_reason, answer=extract_answer(text), score=seq.score,
                 stop_reason=seq.stop_reason, budget_scores=dict(seq.budget_scores)))
         return outputs
 
@@ -274,13 +274,6 @@ def _budgets(score_at: Seq[int]) -> frozenset[int]:
                                                      for L in score_at):
         raise ValueError(f"score_at must be a list of token budgets >= 1, got {score_at!r}")
     return frozenset(score_at)
-
-
-def _answer_extractor():
-    # Layering debt (issue 12): the answer is a tasks concept; the caller should fill it in.
-    from rlvfast.grading import extract_answer
-
-    return extract_answer
 
 
 def _progress_bar(total: int):
