@@ -1,0 +1,163 @@
+"""The grading pool's processes die with their owner: SIGTERM, SIGKILL, stale socket folders.
+
+Each test runs a real owner process (a small script wrapped in `rlvfast.cli.run_command`, as
+the commands are) whose one worker is stuck in sympy on a hanging answer, then signals it.
+Linux only: process states come from /proc.
+"""
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from rlvfast.grade_pool import VerifyPool
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 20.0      # bound on each wait below; a leak is forever, so this only bounds a failure
+START_S = 120.0    # the owner's start-up: Python, torch-free imports, the zygote's sympy warm-up
+BUSY_TICKS = 50    # worker CPU time (1/100 s) that shows it is inside the hanging answer
+OWNER_SCRIPT = """
+import json, sys
+from rlvfast.cli import run_command
+from rlvfast.grading import Grader
+
+def main(argv):
+    grader = Grader(timeout=600.0, num_workers=1, use_fast_path=False)
+    grader.start(wait=True)
+    pool = grader._pool
+    print(json.dumps({"zygote": pool.zygote_pid, "workers": pool.worker_pids}), flush=True)
+    grader.grade("\\\\boxed{9^{9^{9^{9}}}}", "1")  # sympy hangs in C for minutes
+
+sys.exit(run_command(main, "owner"))
+"""
+
+
+@pytest.fixture
+def tmp_root():
+    """A short private TMPDIR (a Unix socket path must stay under ~100 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix="rgp-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_owner(tmp_root: Path) -> tuple[subprocess.Popen, list[int]]:
+    """Start the owner script; returns it and its [zygote pid, worker pid] once ready."""
+    script = tmp_root / "owner.py"
+    script.write_text(OWNER_SCRIPT)
+    env = dict(os.environ, TMPDIR=str(tmp_root), PYTHONPATH=str(REPO))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                             stderr=(tmp_root / "owner.err").open("wb"), env=env, cwd=REPO)
+    readable, _, _ = select.select([owner.stdout], [], [], START_S)
+    line = owner.stdout.readline() if readable else b""
+    if not line:
+        owner.kill()
+        owner.wait()
+        pytest.fail(f"the owner printed no pids: {(tmp_root / 'owner.err').read_text()[-2000:]}")
+    pids = json.loads(line)
+    assert len(pids["workers"]) == 1, pids
+    return owner, [pids["zygote"], *pids["workers"]]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first); None when gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _is_running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no memory and no CPU; its reaper is pid 1)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _wait_until_busy(pid: int) -> None:
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        fields = _stat(pid)
+        assert fields is not None, f"worker {pid} exited before it was signalled"
+        if int(fields[11]) + int(fields[12]) >= BUSY_TICKS:  # utime + stime
+            return
+        time.sleep(0.1)
+    pytest.fail(f"worker {pid} never got busy on the hanging answer")
+
+
+def _running_after_wait(pids: list[int]) -> list[int]:
+    deadline = time.monotonic() + WAIT_S
+    while (running := [pid for pid in pids if _is_running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
+
+
+def _kill_leftovers(owner: subprocess.Popen, pids: list[int]) -> None:
+    """SIGKILL the owner and whichever of `pids` still run the pool (not a reused pid)."""
+    if owner.poll() is None:
+        owner.kill()
+    owner.wait()
+    for pid in pids:
+        try:
+            is_ours = b"grade_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if is_ours and _is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def _pool_folders(tmp_root: Path) -> set[str]:
+    return {path.name for path in tmp_root.glob("rlvfast-grade-*")}
+
+
+def test_sigterm_mid_answer_stops_every_process_and_removes_the_folder(tmp_root):
+    owner, pids = _start_owner(tmp_root)
+    try:
+        _wait_until_busy(pids[1])
+        owner.send_signal(signal.SIGTERM)
+        assert owner.wait(timeout=WAIT_S) == 128 + signal.SIGTERM
+        assert _running_after_wait(pids) == []
+        assert _pool_folders(tmp_root) == set()
+    finally:
+        _kill_leftovers(owner, pids)
+
+
+def test_sigkill_of_the_owner_kills_the_pool_and_the_next_start_removes_its_folder(tmp_root, monkeypatch):
+    owner, pids = _start_owner(tmp_root)
+    try:
+        _wait_until_busy(pids[1])
+        owner.kill()
+        owner.wait()
+        assert _running_after_wait(pids) == []
+    finally:
+        _kill_leftovers(owner, pids)
+    stale = _pool_folders(tmp_root)
+    assert len(stale) == 1 and stale.pop().startswith(f"rlvfast-grade-{owner.pid}-")
+    # Folders the next start must keep: a live owner's; a dead pid's whose lock someone holds
+    # (an owner in another pid namespace); one without a lock file yet (mid-creation).
+    kept = {f"rlvfast-grade-{os.getpid()}-live", f"rlvfast-grade-{owner.pid}-locked",
+            f"rlvfast-grade-{owner.pid}-nolock"}
+    for name in kept:
+        (tmp_root / name).mkdir()
+    for name in kept - {f"rlvfast-grade-{owner.pid}-nolock"}:
+        (tmp_root / name / "lock").touch()
+    with (tmp_root / f"rlvfast-grade-{owner.pid}-locked" / "lock").open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_root))
+        pool = VerifyPool(num_workers=1, timeout=5.0)
+        try:
+            pool.start()
+            own = {name for name in _pool_folders(tmp_root) if name.startswith(f"rlvfast-grade-{os.getpid()}-")}
+            assert _pool_folders(tmp_root) == kept | own and len(own - kept) == 1
+        finally:
+            pool.close()
+    assert _pool_folders(tmp_root) == kept
