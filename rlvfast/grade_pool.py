@@ -20,8 +20,9 @@ Lifetime: every process dies with the parent, even on the parent's SIGKILL.
 - A worker, often stuck in sympy C code where it can watch nothing, gets SIGKILL when the
   zygote exits (Linux `PR_SET_PDEATHSIG`; the zygote is single-threaded, so its forking
   thread lives as long as it does). Elsewhere the zygote's group kill covers it.
-- `close()` (also `rlvfast.grading`'s atexit, which SIGTERM reaches through
-  `rlvfast.cli.run_command`) SIGKILLs the zygote's group and removes the socket folder.
+- `close()` SIGKILLs the zygote's group and removes the socket folder; so does garbage
+  collection of the pool, and interpreter exit (`weakref.finalize`). SIGTERM gets there when
+  the command runs under `rlvfast.cli.run_command` (SIGTERM -> SystemExit).
 - The socket folder, `$TMPDIR/rlvfast-grade-<owner pid>-*`, holds a lock the owner keeps
   for its life. A folder left by a killed owner goes at the next pool start in any process:
   one whose owner pid is dead and whose lock nobody holds (the lock keeps a live owner's
@@ -49,6 +50,7 @@ import traceback
 import weakref
 from collections import deque
 from pathlib import Path
+from typing import IO
 
 START_TIMEOUT_S = 60.0  # a worker not connected and ready by then: the pool is broken
 _POLL_S = 0.5           # wake-up while forks are pending, to notice a dead zygote
@@ -152,7 +154,8 @@ class _Zygote:
 
 
 def _stop_zygote(owner_pid: int, process: subprocess.Popen, listener: socket.socket,
-                 directory: str, lock) -> None:
+                 directory: str, lock: IO[bytes]) -> None:
+    """SIGKILL the zygote's process group, reap the zygote, remove the folder, free the lock."""
     if os.getpid() != owner_pid:  # a fork of the owner: these are the owner's
         return
     try:
@@ -170,7 +173,7 @@ def _stop_zygote(owner_pid: int, process: subprocess.Popen, listener: socket.soc
     lock.close()
 
 
-def _hold_lock(directory: str):
+def _hold_lock(directory: str) -> IO[bytes]:
     """Create and lock `directory`/lock; the lock lasts until the file closes or we die."""
     lock = open(os.path.join(directory, "lock"), "wb")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -161,3 +162,36 @@ def test_sigkill_of_the_owner_kills_the_pool_and_the_next_start_removes_its_fold
         finally:
             pool.close()
     assert _pool_folders(tmp_root) == kept
+
+
+def test_a_worker_dies_with_its_zygote():
+    # An idle worker waits on its socket to the owner, which stays open: only the
+    # parent-death signal ends it when the zygote is killed (say, by the OOM killer).
+    pool = VerifyPool(num_workers=1, timeout=5.0)
+    try:
+        pool.start(wait=True)
+        [worker] = pool.worker_pids
+        os.kill(pool.zygote_pid, signal.SIGKILL)
+        assert _running_after_wait([worker]) == []
+    finally:
+        pool.close()
+
+
+def test_a_pool_started_by_a_thread_that_ends_keeps_working():
+    # Linux's parent-death signal follows the *thread* that forked: a zygote that used it
+    # would die as this thread ends, and its workers with it.
+    pool = VerifyPool(num_workers=1, timeout=30.0)
+    try:
+        thread = threading.Thread(target=pool.start, kwargs={"wait": True})
+        thread.start()
+        thread.join(timeout=START_S)
+        pids = [pool.zygote_pid, *pool.worker_pids]
+        task = Path(f"/proc/self/task/{thread.native_id}")
+        deadline = time.monotonic() + WAIT_S
+        while task.exists() and time.monotonic() < deadline:  # join returns a bit before the OS thread ends
+            time.sleep(0.01)
+        assert len(pids) == 2 and not task.exists()
+        assert pool.run([("\\frac{1}{2}", "0.5")]) == [(True, "ok")]
+        assert [pool.zygote_pid, *pool.worker_pids] == pids and all(map(_is_running, pids))
+    finally:
+        pool.close()
