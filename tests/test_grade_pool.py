@@ -28,7 +28,7 @@ WAIT_S = 20.0      # bound on each wait below; a leak is forever, so this only b
 START_S = 120.0    # the owner's start-up: Python, torch-free imports, the zygote's sympy warm-up
 BUSY_TICKS = 50    # worker CPU time (1/100 s) that shows it is inside the hanging answer
 OWNER_SCRIPT = """
-import json, sys
+import json, os, sys, time
 from rlvfast.cli import run_command
 from rlvfast.grading import Grader
 
@@ -36,10 +36,16 @@ def main(argv):
     grader = Grader(timeout=600.0, num_workers=1, use_fast_path=False)
     grader.start(wait=True)
     pool = grader._pool
-    print(json.dumps({"zygote": pool.zygote_pid, "workers": pool.worker_pids}), flush=True)
+    forks = []
+    if argv == ["--fork"]:  # a forked child that holds the owner's end of the zygote's stdin
+        forks.append(os.fork())
+        if forks[0] == 0:
+            time.sleep(600.0)
+            os._exit(0)
+    print(json.dumps({"zygote": pool.zygote_pid, "workers": pool.worker_pids, "forks": forks}), flush=True)
     grader.grade("\\\\boxed{9^{9^{9^{9}}}}", "1")  # sympy hangs in C for minutes
 
-sys.exit(run_command(main, "owner"))
+sys.exit(run_command(main, "owner", sys.argv[1:]))
 """
 
 
@@ -51,13 +57,14 @@ def tmp_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _start_owner(tmp_root: Path) -> tuple[subprocess.Popen, list[int]]:
-    """Start the owner script; returns it and its [zygote pid, worker pid] once ready."""
+def _start_owner(tmp_root: Path, *args: str) -> tuple[subprocess.Popen, list[int], list[int]]:
+    """Start the owner script; returns it, its [zygote pid, worker pid] once ready, and its forks."""
     script = tmp_root / "owner.py"
     script.write_text(OWNER_SCRIPT)
     env = dict(os.environ, TMPDIR=str(tmp_root), PYTHONPATH=str(REPO))
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                             stderr=(tmp_root / "owner.err").open("wb"), env=env, cwd=REPO)
+    with (tmp_root / "owner.err").open("wb") as stderr:
+        owner = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
+                                 stderr=stderr, env=env, cwd=REPO)
     readable, _, _ = select.select([owner.stdout], [], [], START_S)
     line = owner.stdout.readline() if readable else b""
     if not line:
@@ -66,7 +73,7 @@ def _start_owner(tmp_root: Path) -> tuple[subprocess.Popen, list[int]]:
         pytest.fail(f"the owner printed no pids: {(tmp_root / 'owner.err').read_text()[-2000:]}")
     pids = json.loads(line)
     assert len(pids["workers"]) == 1, pids
-    return owner, [pids["zygote"], *pids["workers"]]
+    return owner, [pids["zygote"], *pids["workers"]], pids["forks"]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -103,13 +110,15 @@ def _running_after_wait(pids: list[int]) -> list[int]:
 
 
 def _kill_leftovers(owner: subprocess.Popen, pids: list[int]) -> None:
-    """SIGKILL the owner and whichever of `pids` still run the pool (not a reused pid)."""
+    """SIGKILL the owner and whichever of `pids` still run the pool or the owner (not a reused pid)."""
     if owner.poll() is None:
         owner.kill()
     owner.wait()
+    owner.stdout.close()
     for pid in pids:
         try:
-            is_ours = b"grade_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            is_ours = b"grade_pool" in cmdline or b"owner.py" in cmdline
             if is_ours and _is_running(pid):
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
@@ -121,7 +130,7 @@ def _pool_folders(tmp_root: Path) -> set[str]:
 
 
 def test_sigterm_mid_answer_stops_every_process_and_removes_the_folder(tmp_root):
-    owner, pids = _start_owner(tmp_root)
+    owner, pids, _ = _start_owner(tmp_root)
     try:
         _wait_until_busy(pids[1])
         owner.send_signal(signal.SIGTERM)
@@ -133,7 +142,7 @@ def test_sigterm_mid_answer_stops_every_process_and_removes_the_folder(tmp_root)
 
 
 def test_sigkill_of_the_owner_kills_the_pool_and_the_next_start_removes_its_folder(tmp_root, monkeypatch):
-    owner, pids = _start_owner(tmp_root)
+    owner, pids, _ = _start_owner(tmp_root)
     try:
         _wait_until_busy(pids[1])
         owner.kill()
@@ -162,6 +171,19 @@ def test_sigkill_of_the_owner_kills_the_pool_and_the_next_start_removes_its_fold
         finally:
             pool.close()
     assert _pool_folders(tmp_root) == kept
+
+
+def test_sigkill_of_the_owner_kills_the_pool_while_a_fork_of_the_owner_lives(tmp_root):
+    # The fork (a fork-started DataLoader worker, say) keeps the zygote's stdin open, so no
+    # EOF comes: the zygote must notice its new parent pid.
+    owner, pids, forks = _start_owner(tmp_root, "--fork")
+    try:
+        _wait_until_busy(pids[1])
+        owner.kill()
+        owner.wait()
+        assert all(map(_is_running, forks)) and _running_after_wait(pids) == []
+    finally:
+        _kill_leftovers(owner, pids + forks)
 
 
 def test_a_worker_dies_with_its_zygote():
