@@ -12,13 +12,32 @@ stays single-threaded, and forks a worker on each request; the worker connects b
 Unix socket. A replacement after a kill so costs a fork (~20 ms), not a Python + sympy
 start-up (~1.3 s, several seconds on a loaded 2-core machine).
 
+Lifetime: every process dies with the parent, even on the parent's SIGKILL.
+- The zygote watches: it leaves at EOF on its stdin (a pipe from the parent) or when its
+  parent pid changes (checked every 0.5 s), and then SIGKILLs its process group (it leads
+  one: itself and its workers). It does not use a parent-death signal, which Linux sends
+  when the parent *thread* that forked it exits, and the pool may start from any thread.
+- A worker, often stuck in sympy C code where it can watch nothing, gets SIGKILL when the
+  zygote exits (Linux `PR_SET_PDEATHSIG`; the zygote is single-threaded, so its forking
+  thread lives as long as it does). Elsewhere the zygote's group kill covers it.
+- `close()` SIGKILLs the zygote's group and removes the socket folder; so does garbage
+  collection of the pool, and interpreter exit (`weakref.finalize`). SIGTERM gets there when
+  the command runs under `rlvfast.cli.run_command` (SIGTERM -> SystemExit).
+- The socket folder, `$TMPDIR/rlvfast-grade-<owner pid>-*`, holds a lock the owner keeps
+  for its life. A folder left by a killed owner goes at the next pool start in any process:
+  one whose owner pid is dead and whose lock nobody holds (the lock keeps a live owner's
+  folder even where its pid is not visible, in another pid namespace).
+
 Not here: answer extraction, the in-process fast path and the result cache (`grading`).
 Not thread-safe on its own: `Grader` serializes calls with a lock.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -28,11 +47,17 @@ import sys
 import tempfile
 import time
 import traceback
+import weakref
 from collections import deque
 from pathlib import Path
+from typing import IO
 
 START_TIMEOUT_S = 60.0  # a worker not connected and ready by then: the pool is broken
 _POLL_S = 0.5           # wake-up while forks are pending, to notice a dead zygote
+_PARENT_CHECK_S = 0.5   # how often the zygote checks that its parent is alive
+_PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+_FOLDER_PREFIX = "rlvfast-grade-"
+_FOLDER_RE = re.compile(r"rlvfast-grade-(\d+)-[a-z0-9_]+")  # the owner pid, then mkdtemp's suffix
 
 
 class _Worker:
@@ -86,10 +111,14 @@ class _Worker:
 
 class _Zygote:
     """A warm, single-threaded process that forks workers on request."""
-    __slots__ = ("directory", "listener", "process")
+    __slots__ = ("directory", "listener", "process", "_stop", "__weakref__")
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="rlvfast-grade-")  # 0700: only we can connect
+        root = tempfile.gettempdir()
+        _remove_stale_folders(root)
+        # 0700: only we can connect; the owner pid in the name tells a later start whose it is
+        self.directory = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-", dir=root)
+        lock = _hold_lock(self.directory)
         address = os.path.join(self.directory, "socket")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(address)
@@ -98,8 +127,13 @@ class _Zygote:
         package_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from rlvfast.grade_pool import _zygote_main; _zygote_main()", address],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+            [sys.executable, "-c", "from rlvfast.grade_pool import _zygote_main; _zygote_main()",
+             address, str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, process_group=0)
+        # Also when the pool is garbage-collected (an owner's local, freed as SIGTERM's
+        # SystemExit unwinds) or still alive at interpreter exit.
+        self._stop = weakref.finalize(self, _stop_zygote, os.getpid(), self.process, self.listener,
+                                      self.directory, lock)
 
     def fileno(self) -> int:
         return self.listener.fileno()
@@ -115,14 +149,61 @@ class _Zygote:
         return _Worker(self.listener.accept()[0])
 
     def close(self) -> None:
+        """Kill the zygote and every worker (its process group), then remove the folder."""
+        self._stop()
+
+
+def _stop_zygote(owner_pid: int, process: subprocess.Popen, listener: socket.socket,
+                 directory: str, lock: IO[bytes]) -> None:
+    """SIGKILL the zygote's process group, reap the zygote, remove the folder, free the lock."""
+    if os.getpid() != owner_pid:  # a fork of the owner: these are the owner's
+        return
+    try:
+        process.stdin.close()
+    except OSError:
+        pass
+    if process.returncode is None:  # not reaped yet, so the group id is still ours
         try:
-            self.process.stdin.close()
-        except OSError:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-        self.process.kill()
-        self.process.wait()
-        self.listener.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+    process.wait()
+    listener.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    lock.close()
+
+
+def _hold_lock(directory: str) -> IO[bytes]:
+    """Create and lock `directory`/lock; the lock lasts until the file closes or we die."""
+    lock = open(os.path.join(directory, "lock"), "wb")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def _remove_stale_folders(root: str) -> None:
+    """Remove our uid's pool folders in `root` whose owner is dead and whose lock is free."""
+    for entry in os.scandir(root):
+        match = _FOLDER_RE.fullmatch(entry.name)
+        if match is None or _is_alive(int(match.group(1))):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not entry.is_dir(follow_symlinks=False):
+                continue
+            with open(os.path.join(entry.path, "lock"), "rb") as lock:  # none: mid-creation, keep
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)      # held: a live owner, keep
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 class VerifyPool:
@@ -131,13 +212,22 @@ class VerifyPool:
     def __init__(self, num_workers: int, timeout: float) -> None:
         self.num_workers = num_workers
         self.timeout = timeout
-        self.num_killed = 0
         self._zygote: _Zygote | None = None
         self._workers: list[_Worker] = []
         self._fork_times: deque[float] = deque()   # requested workers not yet connected
         self._pid = os.getpid()
 
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.process.pid if self._zygote is not None else None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Pids of the connected, ready workers."""
+        return [w.pid for w in self._workers if w.pid is not None]
+
     def close(self) -> None:
+        """Kill the zygote and every worker and remove the socket folder (now, even mid-answer)."""
         if os.getpid() == self._pid:  # after a fork these belong to the parent
             for worker in self._workers:
                 worker.close()
@@ -186,7 +276,6 @@ class VerifyPool:
             for worker in [w for w in self._workers if w.job is not None and now - w.since > self.timeout]:
                 outcomes[worker.job] = (False, "timeout")
                 self._drop(worker)
-                self.num_killed += 1
             if self._is_broken():  # no worker can come: what is left is an error
                 for job in set(range(len(jobs))) - set(outcomes):
                     outcomes[job] = (False, "error")
@@ -255,24 +344,59 @@ def _verify(answer: str, gold: str) -> bool:
 
 
 def _zygote_main() -> None:
-    """Warm up, then fork one worker per `fork` line on stdin; exit at EOF (the parent left)."""
+    """Warm up, then fork one worker per `fork` line on stdin until the parent leaves."""
     import logging
 
-    address = sys.argv[1]
+    address, parent_pid = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps dead workers
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice
     _verify("\\frac{1}{2}", "0.5")  # pay the sympy/latex2sympy start-up once, here
-    for _ in sys.stdin.buffer:
-        if os.fork() == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin is the zygote's
-                _serve(address)
-            except BaseException:  # noqa: BLE001 - report, then leave without the zygote's cleanup
-                traceback.print_exc()
-            finally:
-                os._exit(0)
+    while (num_requests := _wait_for_requests(parent_pid)) is not None:
+        for _ in range(num_requests):
+            _fork_worker(address)
+    if os.getpgrp() == os.getpid():  # the parent left: take the workers (and us) down
+        os.killpg(0, signal.SIGKILL)
+
+
+def _wait_for_requests(parent_pid: int) -> int | None:
+    """The number of fork requests read from stdin; None once the parent is gone."""
+    while os.getppid() == parent_pid:
+        readable, _, _ = select.select([0], [], [], _PARENT_CHECK_S)
+        if readable:
+            chunk = os.read(0, 4096)
+            return chunk.count(b"\n") if chunk else None  # b"": EOF, the parent closed or died
+    return None
+
+
+def _fork_worker(address: str) -> None:
+    """Fork a worker that serves `address` and dies with this process."""
+    zygote_pid = os.getpid()
+    if os.fork() != 0:
+        return
+    try:
+        _die_with_parent(zygote_pid)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # stdin is the zygote's
+        _serve(address)
+    except BaseException:  # noqa: BLE001 - report, then leave without the zygote's cleanup
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGKILL when the parent exits (Linux; a no-op elsewhere); exit now if it has.
+
+    Linux sends it when the parent *thread* that forked us exits: use it only in a child of
+    a single-threaded process. The `getppid` check closes the race with a parent that died
+    before the signal was set."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG, SIGKILL) failed")
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 def _serve(address: str) -> None:
