@@ -142,6 +142,7 @@ def test_module_level_is_correct():
 @pytest.mark.parametrize("hang", HANGS)
 def test_hanging_answer_times_out_within_limit_and_grader_recovers(grader, hang):
     # Runs right after the previous hang's kill: the replacement is a fork of the warm zygote.
+    grader.start(wait=True)  # every worker connected, so each has a pid to compare (not None)
     num_timeouts = grader.num_timeouts
     pids_before = {w.pid for w in grader._pool._workers}
     start = time.monotonic()
