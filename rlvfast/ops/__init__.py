@@ -36,16 +36,13 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     usable = available_backends(device)
     if backend == "auto":
         if device.type == "cuda":
-            return "cuda" if "cuda" in usable and op in _CUDA_PREFERRED else ("triton" if "triton" in usable else "reference")
+            # the CUDA C++ op (group_advantages) runs only when asked for: never measured against Triton
+            return "triton" if "triton" in usable else "reference"
         return "cpp" if "cpp" in usable else "reference"
     if backend not in usable:
         raise ValueError(f"{op}: backend {backend!r} is not available for {device.type} tensors here "
                          f"(available: {', '.join(usable)}); see `python -m rlvfast.info`")
     return backend
-
-
-# Ops whose CUDA C++ kernel beats the Triton one on the GPU (measured; see bench/RESULTS.md).
-_CUDA_PREFERRED: set[str] = set()
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, method: str = "grpo", eps: float = 1e-6,
