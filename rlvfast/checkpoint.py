@@ -84,9 +84,12 @@ def _make_temp_dir(prefix: str, parent: Path) -> Path:
 
 
 def _write_model_dir(path: Path, model, tokenizer) -> None:
+    from rlvfast.models import share_files
+
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+    share_files(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -172,6 +175,7 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, tokenizer, trainer
         stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / STATE_FILE)
+        os.chmod(tmp / STATE_FILE, 0o666 & ~_umask())
         _fsync_tree(tmp)
         stage = f"renaming {tmp.name} to {root / name}"
         os.rename(tmp, root / name)

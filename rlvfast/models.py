@@ -62,6 +62,16 @@ def build_char_tokenizer():
     return tok
 
 
+def share_files(folder: str | os.PathLike) -> None:
+    """Gives the files directly in `folder` the permissions the umask allows (usually 0644):
+    transformers' save_pretrained writes model.safetensors as 0600, unreadable to other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~mask)
+
+
 def build_tiny_model(out_dir: str | os.PathLike, config: TinyModelConfig | None = None) -> Path:
     """Writes a randomly initialised tiny Llama and its char tokenizer to `out_dir`."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -82,6 +92,7 @@ def build_tiny_model(out_dir: str | os.PathLike, config: TinyModelConfig | None 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    share_files(out)
     return out
 
 

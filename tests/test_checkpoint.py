@@ -224,3 +224,15 @@ def test_exchange_swaps_two_directories(tmp_path):
     if not ckpt._exchange(tmp_path / "a", tmp_path / "b"):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported here (the fallback tests cover it)")
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["from_a"] and not list((tmp_path / "a").iterdir())
+
+
+def test_saved_files_are_readable_by_others_as_the_umask_allows(micro, tmp_path):
+    model, tok = micro  # transformers writes model.safetensors 0600
+    mask = os.umask(0o022)
+    try:
+        paths = [ckpt.save_checkpoint(tmp_path, 1, model, tok, _state(1)), ckpt.save_final(tmp_path, model, tok)]
+    finally:
+        os.umask(mask)
+    modes = {f"{p.name}/{f.name}": oct(f.stat().st_mode & 0o777) for p in paths for f in p.iterdir()}
+    assert "step-000001/model.safetensors" in modes and "final/model.safetensors" in modes
+    assert {m for m in modes.values()} == {"0o644"}, modes

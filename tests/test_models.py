@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_model_round_trip(tmp_path):
-    path = build_tiny_model_small(tmp_path)
+    mask = os.umask(0o022)
+    try:
+        path = build_tiny_model_small(tmp_path)
+    finally:
+        os.umask(mask)
+    assert oct((path / "model.safetensors").stat().st_mode & 0o777) == "0o644"  # not save_pretrained's 0600
     model, tok = load_model(path)
     text = "Compute 37+48-29.\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
