@@ -1,23 +1,37 @@
-"""Atomic training checkpoints and resume.
+"""Atomic training checkpoints, the final model, and resume.
 
 Layout under the run directory OUT:
 
     OUT/checkpoints/step-000050/   a Hugging Face model directory (safetensors, loadable by
                                    transformers and by Sampler) + tokenizer + trainer_state.pt
-                                   (optimizer, scheduler, RNG states, data position, step)
+                                   (optimizer, scheduler, RNG states, step, what the loop adds)
     OUT/latest                     one line: the name of the newest COMPLETE checkpoint
-    OUT/final/                     the final model (written the same way)
+    OUT/final/                     the final model: a plain directory, written the same way
 
 A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed
 into place and the parent directory fsynced; only then is `OUT/latest` replaced (temp file,
 fsync, rename). A crash at any point leaves the marker naming the previous complete
 checkpoint. Resume trusts only the marker: a directory it does not name (a partial write,
 a newer checkpoint whose marker was never written) is ignored. Old checkpoints beyond
-`keep_last` are deleted only after the new marker is durable. Not here: what goes into the
-trainer state (the loop decides).
+`keep_last` are deleted only after the new marker is durable.
+
+`OUT/final` is replaced by writing the new model into `OUT/.tmp-final-*` and swapping the two
+directories in one atomic renameat2(RENAME_EXCHANGE) (Linux: ext4, xfs, btrfs, tmpfs). Where
+the filesystem lacks it (NFS, macOS) two renames are used: the old final moves to
+`OUT/.old-final-*`, the new one into place; an error between them moves the old one back, and
+a crash between them is repaired by `clean_stale` (old final restored), which every save calls
+first and a run should call at its start. `clean_stale` also deletes what crashed writes leave
+(`.tmp-final-*`, `.old-final-*`, `.latest-*`, `checkpoints/.tmp-*`).
+
+Any failure while saving raises `CheckpointError` naming what failed and the last complete
+checkpoint, after removing its temporary directory; nothing already on disk is lost, so the
+caller may log it and go on. KeyboardInterrupt and SystemExit pass through unchanged. Not here:
+what goes into the trainer state (the loop decides).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import random
 import shutil
@@ -33,8 +47,12 @@ STATE_FILE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
 
 
+FINAL = "final"
+
+
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint or the final model could not be read or written; the message says which
+    and names the last complete checkpoint."""
 
 
 def _fsync_path(path: Path) -> None:
@@ -66,9 +84,12 @@ def _make_temp_dir(prefix: str, parent: Path) -> Path:
 
 
 def _write_model_dir(path: Path, model, tokenizer) -> None:
+    from rlvfast.models import share_files
+
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+    share_files(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -125,63 +146,146 @@ def latest_checkpoint(out: str | os.PathLike) -> Path:
     return path
 
 
+def _last_complete(out: Path) -> str:
+    """For error messages: the checkpoint the marker names, or why there is none."""
+    try:
+        path = read_marker(out)
+    except (CheckpointError, OSError) as e:
+        return f"unknown ({e})"
+    return str(path) if path is not None else "none yet"
+
+
 def save_checkpoint(out: str | os.PathLike, step: int, model, tokenizer, trainer_state: dict[str, Any],
                     keep_last: int = 2) -> Path:
-    """Writes checkpoints/step-NNNNNN atomically, then the marker, then prunes old ones."""
+    """Writes checkpoints/step-NNNNNN atomically, then the marker, then prunes old ones.
+    Any failure raises CheckpointError (the previous checkpoint and marker stay as they were)."""
     if not isinstance(keep_last, int) or keep_last < 1:
         raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
     out = Path(out)
     root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:06d}"
-    suffix = 0
-    while (root / name).exists():  # never overwrite a directory the marker may name
-        suffix += 1
-        name = f"step-{step:06d}.{suffix}"
-    tmp = _make_temp_dir(f".tmp-{name}-", root)
+    name, tmp, stage = f"step-{step:06d}", None, f"creating {root}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)
+        suffix = 0
+        while (root / name).exists():  # never overwrite a directory the marker may name
+            suffix += 1
+            name = f"step-{step:06d}.{suffix}"
+        tmp = _make_temp_dir(f".tmp-{name}-", root)
+        stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / STATE_FILE)
+        os.chmod(tmp / STATE_FILE, 0o666 & ~_umask())
         _fsync_tree(tmp)
+        stage = f"renaming {tmp.name} to {root / name}"
         os.rename(tmp, root / name)
+        tmp = None
         _fsync_path(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    write_marker(out, name)
+        stage = f"pointing {out / MARKER} at {name}"
+        write_marker(out, name)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {name} not saved: {stage} failed: {type(e).__name__}: {e}; "
+                              f"the last complete checkpoint is {_last_complete(out)}") from e
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     _prune(root, keep=name, keep_last=keep_last)
     return root / name
 
 
 def _prune(root: Path, keep: str, keep_last: int) -> None:
-    """Deletes complete checkpoints beyond the newest `keep_last` (never `keep`) and stale temp dirs."""
+    """Deletes complete checkpoints beyond the newest `keep_last` (never `keep`)."""
     complete = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     complete.remove(keep)
     for name in complete[: max(0, len(complete) + 1 - keep_last)]:
         shutil.rmtree(root / name, ignore_errors=True)
-    for path in root.glob(".tmp-*"):  # leftovers of a crashed write (never the marker's target)
-        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale(out: str | os.PathLike) -> list[Path]:
+    """Repairs and tidies what crashed saves leave in OUT; returns the paths it removed.
+
+    A missing OUT/final with an `.old-final-*` beside it (a crash between the two renames of
+    the fallback swap) gets that old final back. Then temporary and old copies are deleted:
+    `.tmp-final-*`, `.old-final-*`, `.latest-*` and `checkpoints/.tmp-*` (never the marker's target,
+    which is always a `step-*` directory). Assumes one writer per OUT."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    final = out / FINAL
+    olds = sorted(out.glob(".old-final-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        os.rename(olds.pop(), final)
+        _fsync_path(out)
+    stale = [*out.glob(".tmp-final-*"), *olds, *out.glob(".latest-*"), *(out / CHECKPOINTS).glob(".tmp-*")]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps two existing paths (Linux renameat2 RENAME_EXCHANGE). False where the
+    C library or the filesystem lacks it; other failures raise OSError."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _swap_by_renames(new: Path, final: Path) -> Path:
+    """The fallback swap: final -> .old-final-*, new -> final; moves the old one back on an
+    error between the two. Returns where the old final now is."""
+    old = final.parent / new.name.replace(".tmp-final-", ".old-final-", 1)
+    os.rename(final, old)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    return old
 
 
 def save_final(out: str | os.PathLike, model, tokenizer) -> Path:
-    """OUT/final/: the final model as a Hugging Face directory, replaced atomically."""
+    """OUT/final/: the final model as a Hugging Face directory. The previous OUT/final stays
+    whole until the new one is complete; any failure raises CheckpointError."""
     out = Path(out)
-    final = out / "final"
-    tmp = _make_temp_dir(".tmp-final-", out)
+    final = out / FINAL
+    tmp, stage = None, f"creating {out}"
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)
+        tmp = _make_temp_dir(".tmp-final-", out)
+        stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         _fsync_tree(tmp)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=".old-final-", dir=out))
-            os.rename(final, old / "final")
-        os.rename(tmp, final)
+        stage = f"moving {tmp.name} to {final}"
+        if not final.exists():
+            os.rename(tmp, final)
+            tmp = None
+        elif not _exchange(tmp, final):  # after an exchange, tmp holds the old final
+            tmp = _swap_by_renames(tmp, final)
+        stage = f"syncing {out} (the new final model is in place)"
         _fsync_path(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except Exception as e:
+        state = "absent" if not final.exists() else "the new model" if stage.startswith("syncing") else "unchanged"
+        raise CheckpointError(f"final model not saved: {stage} failed: {type(e).__name__}: {e}; {final} is "
+                              f"{state}; the last complete checkpoint is {_last_complete(out)}") from e
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
