@@ -143,13 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _looks_local(model: str) -> bool:
-    """Whether --model names a local file or directory rather than a hub id (`name` or
-    `org/name`): it exists, ends in .gguf, starts with '.', '/' or '~', or has two '/' or more."""
-    return (os.path.exists(model) or model.endswith(".gguf") or model.startswith((".", "/", "~"))
-            or model.count("/") > 1)
-
-
 def _ignored_flags(args: argparse.Namespace) -> list[str]:
     """Warnings for flags given where they do nothing (their defaults are None until resolved)."""
     is_synthetic = args.data.startswith("synthetic")
@@ -199,7 +192,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _check_data(parser, args.data)
     if args.baseline is not None and not os.path.isfile(os.path.join(args.baseline, "results.json")):
         parser.error(f"--baseline {args.baseline!r}: no results.json there (run the baseline's eval first)")
-    if _looks_local(args.model) and not os.path.exists(args.model):
+    from rlvfast.models import is_local_path
+
+    if is_local_path(args.model) and not os.path.exists(args.model):
         parser.error(f"--model {args.model!r}: no such file or directory (a hub id is org/name)")
     return args
 
