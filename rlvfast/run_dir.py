@@ -30,9 +30,12 @@ def hold_lock(out: str | os.PathLike) -> Iterator[Path]:
     """Creates `out` if needed and holds `out/.lock` until the block ends; a UserError naming
     the holder's pid when another process holds it."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a file named OUT, a read-only parent
+        raise UserError(f"--out {out}: cannot create {path} ({e.strerror})") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

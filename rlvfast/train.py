@@ -597,8 +597,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def saved_config(out: str) -> dict:
+    """The options OUT's latest checkpoint was trained with; {} without one (`train` says why).
+    mmap: the optimizer state in the same file is not read."""
+    try:
+        path = ckpt.latest_checkpoint(out)
+    except ckpt.CheckpointError:
+        return {}
+    state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+    return dict(state.get("config", {}))
+
+
 def _main(argv: list[str] | None) -> int:
-    config = parse_config(argv)
+    config = parse_config(argv, saved_config=saved_config)
     try:
         train(config)
     except (TrainingError, ckpt.CheckpointError) as e:

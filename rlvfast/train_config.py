@@ -3,7 +3,8 @@
 Precedence: the dataclass defaults (the embedded default: the tiny model on the synthetic
 task), then an optional JSON or YAML file (`--config run.yaml`, keys = field names with
 `_` or `-`, values coerced to the field's type: YAML reads `1e-6` as a string), then the
-command-line flags. Each field's help text is its `--help` line. Where the paper is silent
+command-line flags; on `--resume` the checkpoint's options take the defaults' place (the
+command passes `saved_config`). Each field's help text is its `--help` line. Where the paper is silent
 the defaults follow TRL / verl, and the help says so. A bad value is a `UserError` naming the
 option (and the file and key). `resume_differences` says which options a `--resume` may not
 change. Not here: what the options do (`rlvfast.train`, `rlvfast.rl_loss`).
@@ -15,6 +16,7 @@ import json
 import math
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +50,9 @@ class TrainConfig:
                      "(.parquet needs pip install 'rlvfast[parquet]'), read by rlvfast.data.load_problems")
     out: str = _opt("runs/default", "run directory: metrics.jsonl, checkpoints/, latest, final/, summary.json; "
                     "one run at a time (OUT/.lock holds the running one's pid)")
-    resume: bool = _opt(False, "continue the run in OUT from OUT/latest. An error when there is no complete "
-                        "checkpoint, or when an option that changes the run differs from the checkpoint's; "
-                        "these may change: "
+    resume: bool = _opt(False, "continue the run in OUT from OUT/latest, with the checkpoint's options for "
+                        "those not given. An error when there is no complete checkpoint, or when an option "
+                        "given differs from the checkpoint's and changes the run; these may change: "
                         + ", ".join(sorted(map(flag, RESUME_MAY_CHANGE - {"out", "resume", "overwrite"}))))
     overwrite: bool = _opt(False, "start afresh in a non-empty OUT: first delete the run files there "
                            "(metrics.jsonl, checkpoints/, latest, final/, summary.json); other files stay. "
@@ -178,7 +180,11 @@ def resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
 
 
 def _show(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    if isinstance(value, list):
+        return " ".join(map(_show, value))
+    if isinstance(value, str) and (not value.isprintable() or value != value.strip() or not value):
+        return repr(value)  # a verify prompt with newlines stays on the error's one line
+    return str(value)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -299,13 +305,20 @@ def _arg_type(annotation) -> Any:
     return str
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """Defaults <- config file <- flags. Warns about options given that will do nothing."""
+def parse_config(argv: list[str] | None = None,
+                 saved_config: Callable[[str], dict[str, Any]] | None = None) -> TrainConfig:
+    """Defaults <- config file <- flags. With --resume and `saved_config` (OUT -> the options of
+    its checkpoint, {} when none): the checkpoint's options replace the defaults, so a resume
+    need not repeat them. Warns about options given that will do nothing."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config", None)
     values = read_config_file(config_path) if config_path else {}
     values.update(args)
+    if values.get("resume") and saved_config is not None:
+        names = {f.name for f in fields(TrainConfig)} - {"out", "resume", "overwrite"}
+        saved = saved_config(values.get("out", TrainConfig.__dataclass_fields__["out"].default))
+        values = {**{k: v for k, v in saved.items() if k in names}, **values}
     config = TrainConfig(**values)
     if not config.is_synthetic and (given := [flag(n) for n in EVAL_OPTIONS if n in values]):
         warnings.warn(f"{', '.join(given)}: the end-of-run table is for --data synthetic only, so with "

@@ -255,6 +255,25 @@ def test_resume_refuses_options_that_change_the_run(micro_dir, tmp_path, rewards
     assert "data_position" not in state  # dead: the data order is a function of (seed, step)
 
 
+def test_the_command_resumes_with_the_checkpoints_options(micro_dir, tmp_path, capsys):
+    """`--resume` alone continues a run started with non-default options; a changed one is refused."""
+    out = tmp_path / "run"
+    argv = ["--model", str(micro_dir), "--out", str(out), "--prompts-per-step", "2", "--group-size", "4",
+            "--max-tokens", "8", "--micro-batch", "5", "--eval-problems", "0", "--verify-prompt", "\nOK?\n",
+            "--checkpoint-every", "1", "--lr", "1e-2", "--warmup", "0"]
+    assert train_mod.main(argv + ["--steps", "1"]) == 0
+    capsys.readouterr()
+    assert train_mod.main(["--out", str(out), "--resume", "--lr", "1e-3", "--verify-prompt", "?"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlvfast.train: error: --resume from {out / 'checkpoints' / 'step-000001'}: 2 option(s) differ from "
+        f"the checkpoint's and would change the run: --lr 0.001 (checkpoint: 0.01); --verify-prompt ? "
+        f"(checkpoint: '\\nOK?\\n'). Pass the checkpoint's values, or start a new run with another --out"]
+    assert train_mod.main(["--out", str(out), "--resume", "--steps", "2"]) == 0
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
+    saved = ckpt.load_trainer_state(ckpt.latest_checkpoint(out))["config"]
+    assert (saved["model"], saved["lr"], saved["group_size"], saved["steps"]) == (str(micro_dir), 1e-2, 4, 2)
+
+
 def test_resume_cannot_go_back_in_steps(micro_dir, tmp_path):
     out = tmp_path / "run"
     train_mod.train(config(micro_dir, out, steps=2), log=quiet)
