@@ -351,10 +351,11 @@ def format_table(summary: dict) -> str:
     lines = []
     for split, result in summary["eval"].items():
         warm = summary.get("warm_start", {}).get(split, {})
+        unmeasured = "n/a" if warm else "-"  # a resumed run from an older checkpoint may lack them
         lines.append(f"== {split}: {result['num_problems']} held-out problems, {result['num_samples']} samples each ==")
-        lines.append(f"pass@1: warm start {_fmt(warm.get('pass@1'), '-' if not warm else 'n/a')} -> final "
+        lines.append(f"pass@1: warm start {_fmt(warm.get('pass@1'), unmeasured)} -> final "
                      f"{_fmt(result['pass@1'])}   verifier balanced accuracy: warm start "
-                     f"{_fmt(warm.get('verifier_balanced_accuracy'), '-' if not warm else 'n/a')} "
+                     f"{_fmt(warm.get('verifier_balanced_accuracy'), unmeasured)} "
                      f"-> final {_fmt(result['verifier_balanced_accuracy'])}")
         ks = sorted({int(k.split("@")[1]) for k in result if k.startswith("majority@")})
         lines.append("N          " + "".join(f"{k:>8}" for k in ks))
