@@ -18,7 +18,7 @@ FLOAT_OPTIONS = [f.name for f in fields(TrainConfig) if f.type == "float"]
 
 def test_inf_lr_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, "-m", "rlvfast.train", "--lr", "inf"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["rlvfast.train: error: --lr must be a finite number > 0, got inf"]
     assert proc.stdout == ""
