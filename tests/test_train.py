@@ -8,10 +8,12 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import rlvfast
 from rlvfast import checkpoint as ckpt
 from rlvfast import train as train_mod
 from rlvfast.cli import UserError
@@ -304,6 +306,12 @@ def test_overwrite_clears_the_old_run_and_only_it(micro_dir, tmp_path):
 SECOND_RUN = "import sys; from rlvfast.train import main; sys.exit(main(sys.argv[1:]))"
 
 
+def child_env() -> dict:
+    """The environment of a child Python that imports the same rlvfast as this test (PYTHONPATH first)."""
+    root = str(Path(rlvfast.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def test_a_second_run_into_the_same_out_fails_naming_the_first(micro_dir, tmp_path, monkeypatch):
     """While run 1 is in its first step, a real second process starts a run into the same --out."""
     out = tmp_path / "run"
@@ -314,7 +322,7 @@ def test_a_second_run_into_the_same_out_fails_naming_the_first(micro_dir, tmp_pa
         if step == 0:
             argv = ["--model", str(micro_dir), "--out", str(out), "--steps", "1", "--eval-problems", "0"]
             second["proc"] = subprocess.run([sys.executable, "-c", SECOND_RUN, *argv], capture_output=True,
-                                            text=True, timeout=300)
+                                            text=True, timeout=300, env=child_env())
         return real_rl_step(run, batch, step)
 
     monkeypatch.setattr(train_mod, "rl_step", rl_step_then_second_run)

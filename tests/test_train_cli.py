@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
+import rlvfast
 from rlvfast import run_dir
 from rlvfast.cli import UserError
 from rlvfast.train_config import TrainConfig, coerce, parse_config, resume_differences
@@ -16,9 +18,15 @@ from rlvfast.train_config import TrainConfig, coerce, parse_config, resume_diffe
 FLOAT_OPTIONS = [f.name for f in fields(TrainConfig) if f.type == "float"]
 
 
+def child_env() -> dict:
+    """The environment of a child Python that imports the same rlvfast as this test (PYTHONPATH first)."""
+    root = str(Path(rlvfast.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
 def test_inf_lr_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, "-m", "rlvfast.train", "--lr", "inf"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=child_env())
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["rlvfast.train: error: --lr must be a finite number > 0, got inf"]
     assert proc.stdout == ""
@@ -178,7 +186,7 @@ with hold_lock(sys.argv[1]):
 def test_the_lock_names_the_holder_and_dies_with_it(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert holder.stdout.readline() == "locked\n"
         assert (out / ".lock").read_text() == f"{holder.pid}\n"
