@@ -77,7 +77,7 @@ def load_training_problems(config: TrainConfig) -> list[Problem]:
     try:
         problems = load_problems(config.data)
     except (DataError, FileNotFoundError, ImportError) as e:  # ImportError: .parquet without pyarrow
-        raise UserError(f"--data {config.data}: {e}") from e
+        raise UserError(f"--data: {e}") from e  # its message names the file (and line)
     if not problems:
         raise UserError(f"--data {config.data}: no problems in it")
     return list(problems)

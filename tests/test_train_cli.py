@@ -46,7 +46,7 @@ def test_a_user_error_from_main_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"question": "1+1?"}\n')
     assert main(["--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "run")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"rlvfast.train: error: --data {tmp_path / 'bad.jsonl'}: ")
+    assert line.startswith(f"rlvfast.train: error: --data: {tmp_path / 'bad.jsonl'}:line 1: ")
     assert main(["--reward", "no_such_module_xyz:f", "--out", str(tmp_path / "run")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("rlvfast.train: error: --reward 'no_such_module_xyz:f': cannot import")
