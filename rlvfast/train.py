@@ -17,6 +17,13 @@ With no arguments: the tiny built-in model, warm-started on imperfect synthetic 
 (cached), trained with RL^V, then a table on held-out `test` and `hard` problems: pass@1 of
 the warm start and the final model, the verifier's balanced accuracy, and majority,
 best-of-N and weighted voting at N = 1..16 (OUT/summary.json).
+
+The run directory: one run at a time (`rlvfast.run_dir`: a lock on OUT/.lock); a fresh run
+needs an empty OUT unless `--overwrite`; `--resume` refuses options that differ from the
+checkpoint's where they change the run (`train_config.resume_differences`). `metrics.jsonl`
+is strict JSON: a NaN or inf value is written as null (`skipped` and `num_bad_steps` say why).
+A user's error (an option, a file, a reward function's output) is a `UserError`: one line,
+exit 2 (`rlvfast.cli`); a run that cannot go on is a `TrainingError`: one line, exit 1.
 """
 from __future__ import annotations
 
@@ -27,24 +34,29 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from rlvfast import checkpoint as ckpt
-from rlvfast import train_forward
-from rlvfast.data import Problem
+from rlvfast import run_dir, train_forward
+from rlvfast.cli import UserError, run_command
+from rlvfast.data import DataError, Problem
 from rlvfast.rl_loss import (LossConfig, RowBatch, Sample, build_rows, compute_advantages, rlv_loss,
                              sequence_token_weights, verifier_label_weights, verifier_labels)
-from rlvfast.train_config import TrainConfig, parse_config
+from rlvfast.train_config import TrainConfig, parse_config, resume_differences
+
+PROG = "rlvfast.train"
 
 
 class TrainingError(RuntimeError):
-    pass
+    """The run cannot go on (NaN streak, the final model not written); printed as one line, exit 1."""
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -52,7 +64,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here")
+        raise UserError("--device cuda: no CUDA device is available here")
     return torch.device(name)
 
 
@@ -62,9 +74,12 @@ def load_training_problems(config: TrainConfig) -> list[Problem]:
         from rlvfast.synthetic import make_problems
         return make_problems(20_000, "train", seed=config.seed)
     from rlvfast.data import load_problems
-    problems = load_problems(config.data)
+    try:
+        problems = load_problems(config.data)
+    except (DataError, FileNotFoundError, ImportError) as e:  # ImportError: .parquet without pyarrow
+        raise UserError(f"--data: {e}") from e  # its message names the file (and line)
     if not problems:
-        raise ValueError(f"--data {config.data}: no problems in it")
+        raise UserError(f"--data {config.data}: no problems in it")
     return list(problems)
 
 
@@ -73,9 +88,9 @@ def load_reward_fn(spec: str):
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"--reward {spec!r}: cannot import {fn_name!r} from module {module_name!r} ({e})") from e
+        raise UserError(f"--reward {spec!r}: cannot import {fn_name!r} from module {module_name!r} ({e})") from e
     if not callable(fn):
-        raise ValueError(f"--reward {spec!r} is not callable")
+        raise UserError(f"--reward {spec!r} is not callable")
     return fn
 
 
@@ -92,8 +107,8 @@ def problems_for_step(problems: list[Problem], step: int, num: int, seed: int) -
 def lm_head_weight(model) -> torch.Tensor:
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
-        raise ValueError("the trainer computes log-probs from hidden states and the lm head weight; "
-                         "an lm head with a bias is not supported")
+        raise UserError("the trainer computes log-probs from hidden states and the lm head weight; "
+                        "an lm head with a bias is not supported")
     return head.weight  # (V, H)
 
 
@@ -115,13 +130,17 @@ def score_rollouts(outputs, problems: list[Problem], prompts: list[str], grader,
     rewards = reward_fn(prompts=[pr for pr, o in zip(prompts, outputs) for _ in o.completions],
                         completions=[c.text for c in completions],
                         completion_ids=[list(c.token_ids) for c in completions], **columns)
+    name = getattr(reward_fn, "__qualname__", repr(reward_fn))
     if len(rewards) != len(completions):
-        raise ValueError(f"--reward returned {len(rewards)} rewards for {len(completions)} completions")
+        raise UserError(f"--reward {name} returned {len(rewards)} rewards for {len(completions)} completions")
     out = []
     for i, r in enumerate(rewards):
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)):
-            raise ValueError(f"--reward returned {r!r} for completion {i}; expected a finite float or None")
+            raise UserError(f"--reward {name} returned {r!r} for completion {i}; expected a finite float or None")
         out.append(None if r is None else float(r))
+    if all(r is None for r in out):  # the same text each time: Python shows it once
+        warnings.warn(f"--reward {name} returned None for every completion of a step: that step trains "
+                      f"nothing (no policy gradient, no verifier label)", stacklevel=2)
     return out, 0, 0
 
 
@@ -323,40 +342,79 @@ def eval_problems(config: TrainConfig) -> dict[str, list[Problem]]:
     return {split: make_problems(config.eval_problems, split, seed=0) for split in config.eval_splits}
 
 
+BEST_OF_N_NOTE = ('best-of-N keeps the one sample with the highest P("Yes"): a verifier that does not rank '
+                  'solutions can put it below pass@1. "-": not measured; "n/a": undefined (one class only).')
+
+
 def format_table(summary: dict) -> str:
-    """The end-of-run table: one block per split."""
+    """The end-of-run table: one block per split, then a note on reading it."""
     lines = []
     for split, result in summary["eval"].items():
         warm = summary.get("warm_start", {}).get(split, {})
+        unmeasured = "n/a" if warm else "-"  # a resumed run from an older checkpoint may lack them
         lines.append(f"== {split}: {result['num_problems']} held-out problems, {result['num_samples']} samples each ==")
-        lines.append(f"pass@1: warm start {_fmt(warm.get('pass@1'))} -> final {_fmt(result['pass@1'])}   "
-                     f"verifier balanced accuracy: warm start {_fmt(warm.get('verifier_balanced_accuracy'))} "
+        lines.append(f"pass@1: warm start {_fmt(warm.get('pass@1'), unmeasured)} -> final "
+                     f"{_fmt(result['pass@1'])}   verifier balanced accuracy: warm start "
+                     f"{_fmt(warm.get('verifier_balanced_accuracy'), unmeasured)} "
                      f"-> final {_fmt(result['verifier_balanced_accuracy'])}")
         ks = sorted({int(k.split("@")[1]) for k in result if k.startswith("majority@")})
         lines.append("N          " + "".join(f"{k:>8}" for k in ks))
         for method in ("majority", "best_of_n", "weighted"):
             lines.append(f"{method:<11}" + "".join(f"{_fmt(result[f'{method}@{k}']):>8}" for k in ks))
+    lines.append(BEST_OF_N_NOTE)
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _fmt(value, missing: str = "n/a") -> str:
+    """A ratio with 3 decimals; `missing` for None or NaN (a ratio over an empty set)."""
+    return missing if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
 # ----------------------------------------------------------------------------- the run
 def train(config: TrainConfig, log=print) -> dict:
-    """The whole run; returns the summary (also written to OUT/summary.json)."""
+    """The whole run; returns the summary (also written to OUT/summary.json). Holds OUT's lock
+    throughout; a fresh run needs an empty OUT (or --overwrite), see `rlvfast.run_dir`."""
+    device = pick_device(config.device)
+    problems = load_training_problems(config)  # a bad --data fails here, before anything slow
+    reward_fn = load_reward_fn(config.reward) if config.reward else None
+    if config.resume:
+        _latest_checkpoint(config.out)  # nothing to resume: an error before OUT is created
+    with run_dir.hold_lock(config.out):
+        run_dir.prepare(config.out, config.resume, config.overwrite)
+        return _train(config, problems, reward_fn, device, log)
+
+
+def _latest_checkpoint(out: str) -> Path:
+    try:
+        return ckpt.latest_checkpoint(out)
+    except ckpt.CheckpointError as e:
+        raise UserError(str(e)) from e
+
+
+def _resume_state(config: TrainConfig) -> tuple[Path, dict]:
+    """(checkpoint, trainer state) to resume from; a UserError when an option that changes the
+    run differs from the checkpoint's (the weights and optimizer come from the checkpoint, so a
+    new --lr or --model would be ignored yet recorded), or when --steps is below its step."""
+    path = _latest_checkpoint(config.out)
+    state = ckpt.load_trainer_state(path)
+    if differences := resume_differences(state.get("config", {}), config):
+        raise UserError(f"--resume from {path}: {len(differences)} option(s) differ from the checkpoint's and "
+                        f"would change the run: {'; '.join(differences)}. Pass the checkpoint's values, or "
+                        f"start a new run with another --out")
+    if config.steps < state["step"]:
+        raise UserError(f"--resume from {path}: --steps {config.steps} is below the checkpoint's step "
+                        f"{state['step']}; pass --steps {state['step']} or more")
+    return path, state
+
+
+def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torch.device, log) -> dict:
     from rlvfast import Sampler
     from rlvfast.grading import Grader
     from rlvfast.models import load_model
 
     wall_start = time.perf_counter()
-    device = pick_device(config.device)
     out = Path(config.out)
-    problems = load_training_problems(config)  # a bad --data fails here, before anything slow
-    reward_fn = load_reward_fn(config.reward) if config.reward else None
-    resume_from = ckpt.latest_checkpoint(out) if config.resume else None  # no checkpoint: an error
-    out.mkdir(parents=True, exist_ok=True)
+    resume_from, state = _resume_state(config) if config.resume else (None, None)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -385,8 +443,7 @@ def train(config: TrainConfig, log=print) -> dict:
 
     # ---- resume, or evaluate the starting point for the final table
     start_step, num_bad, warm_eval = 0, 0, {}
-    if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -404,8 +461,8 @@ def train(config: TrainConfig, log=print) -> dict:
 
     def state_dict(step: int) -> dict:
         return {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(), "data_position": step * config.prompts_per_step,
-                "num_bad_steps": num_bad, "warm_start_eval": warm_eval, "config": config.to_dict()}
+                "rng": ckpt.rng_state(), "num_bad_steps": num_bad, "warm_start_eval": warm_eval,
+                "config": config.to_dict()}
 
     # ---- RL^V
     run = Run(config, model, tokenizer, sampler, optimizer, grader, reward_fn, loss_config, ref_model, device)
@@ -424,10 +481,12 @@ def train(config: TrainConfig, log=print) -> dict:
                 num_bad = 0
                 scheduler.step()
             metrics["num_bad_steps"] = num_bad
-            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.write(json_line(metrics) + "\n")
             metrics_file.flush()
             bar.set_postfix(reward=_fmt(metrics["reward"]),
                             vacc=_fmt(metrics["verifier/balanced_accuracy"]), refresh=False)
+            if bar.disable and config.log_every and ((step + 1) % config.log_every == 0 or step + 1 == config.steps):
+                log(step_line(metrics, config.steps))  # no terminal, no bar: a line in the log instead
             if num_bad >= config.max_bad_steps:
                 last = ckpt.read_marker(out)
                 raise TrainingError(f"{num_bad} consecutive steps with a non-finite loss or gradient "
@@ -435,9 +494,9 @@ def train(config: TrainConfig, log=print) -> dict:
                                     f"({last or 'none written yet'}) is intact; try a lower --lr.")
             # not during a streak of skipped steps: the checkpoint the error names stays the last good one
             if num_bad == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-                ckpt.save_checkpoint(out, step + 1, model, tokenizer, state_dict(step + 1), config.keep_last)
+                _save_checkpoint(run, step + 1, state_dict(step + 1), log)
     bar.close()
-    ckpt.save_final(out, model, tokenizer)
+    _save_final(out, model, tokenizer, metrics_path)
 
     # ---- the final table
     summary: dict = {"config": config.to_dict(), "steps": config.steps}
@@ -446,12 +505,74 @@ def train(config: TrainConfig, log=print) -> dict:
         summary["warm_start"] = warm_eval
         summary["eval"] = {s: evaluate(sampler, p, config, grader, seed=1) for s, p in splits.items()}
     summary["wall_seconds"] = time.perf_counter() - wall_start
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(finite_or_none(summary), indent=1, allow_nan=False))
     if splits:
         log(format_table(summary))
     log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {metrics_path}")
     grader.close()
     return summary
+
+
+def _save_checkpoint(run: Run, step: int, trainer_state: dict, log) -> None:
+    """A checkpoint, or one log line when it cannot be written: the run goes on (the weights are
+    in memory) and the next checkpoint retries; OUT/latest still names the last complete one."""
+    out = Path(run.config.out)
+    try:
+        with _no_transformers_bars():
+            ckpt.save_checkpoint(out, step, run.model, run.tokenizer, trainer_state, run.config.keep_last)
+    except ckpt.CheckpointError as e:
+        log(f"step {step}: checkpoint not written: {e}; training continues; the next checkpoint retries")
+
+
+def _save_final(out: Path, model, tokenizer, metrics_path: Path) -> None:
+    try:
+        with _no_transformers_bars():
+            ckpt.save_final(out, model, tokenizer)
+    except ckpt.CheckpointError as e:
+        last = ckpt.read_marker(out)
+        raise TrainingError(f"the final model was not written ({e}); the last complete checkpoint is "
+                            f"{last or 'none'}, the metrics are in {metrics_path}") from e
+
+
+@contextmanager
+def _no_transformers_bars():
+    """No "Writing model shards" bar per checkpoint (one bar line each in a log file)."""
+    from transformers.utils import logging as hf_logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def step_line(metrics: dict, num_steps: int) -> str:
+    """One step in the log: `step 10/300  reward 0.531  loss/policy ...  1.23 s`."""
+    seconds = sum(metrics.get(k, 0.0) for k in ("time/sampling", "time/grading", "time/update"))
+    parts = [f"step {metrics['step']}/{num_steps}", f"reward {_fmt(metrics['reward'])}"]
+    parts += [f"{k} {_fmt(metrics.get(k))}" for k in ("loss/policy", "loss/verifier")]
+    parts.append(f"verifier accuracy {_fmt(metrics['verifier/accuracy'])} "
+                 f"(balanced {_fmt(metrics['verifier/balanced_accuracy'])})")
+    if metrics.get("skipped"):
+        parts.append(f"skipped ({metrics['num_bad_steps']} in a row)")
+    return "  ".join(parts + [f"{seconds:.2f} s"])
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` with every NaN or inf float replaced by None (JSON null), in nested dicts and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_line(metrics: dict) -> str:
+    """One line of metrics.jsonl: strict JSON (NaN / inf -> null), which jq and other parsers accept."""
+    return json.dumps(finite_or_none(metrics), allow_nan=False)
 
 
 def _rollout_metrics(rewards: list[float | None], completions, config: TrainConfig) -> dict:
@@ -477,14 +598,30 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+def saved_config(out: str) -> dict:
+    """The options OUT's latest checkpoint was trained with; {} without one (`train` says why).
+    mmap: the optimizer state in the same file is not read."""
+    try:
+        path = ckpt.latest_checkpoint(out)
+    except ckpt.CheckpointError:
+        return {}
+    state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+    return dict(state.get("config", {}))
+
+
+def _main(argv: list[str] | None) -> int:
+    config = parse_config(argv, saved_config=saved_config)
     try:
         train(config)
     except (TrainingError, ckpt.CheckpointError) as e:
-        print(f"rlvfast.train: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlvfast.train`: the exit status (0; 1 when the run stops; 2 for a bad option)."""
+    return run_command(_main, PROG, argv)
 
 
 if __name__ == "__main__":
