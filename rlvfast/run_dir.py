@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rlvfast import checkpoint as ckpt
 from rlvfast.cli import UserError
 
 LOCK_FILE = ".lock"
@@ -56,6 +57,7 @@ def prepare(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one")
     if resume:
+        ckpt.clean_stale(out)  # a crash mid-save: restore OUT/final, drop temporary copies
         return
     if overwrite:
         for path in run_files(out):

@@ -408,8 +408,14 @@ def _resume_state(config: TrainConfig) -> tuple[Path, dict]:
 
 
 def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torch.device, log) -> dict:
-    from rlvfast import Sampler
     from rlvfast.grading import Grader
+
+    with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
+        return _train_with(config, problems, reward_fn, device, log, grader)
+
+
+def _train_with(config: TrainConfig, problems: list[Problem], reward_fn, device: torch.device, log, grader) -> dict:
+    from rlvfast import Sampler
     from rlvfast.models import load_model
 
     wall_start = time.perf_counter()
@@ -438,7 +444,6 @@ def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torc
                                   betas=(0.9, 0.99), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup) if config.warmup else 1.0)
-    grader = Grader(timeout=config.grader_timeout)
     splits = eval_problems(config) if config.is_synthetic and config.eval_problems else {}
 
     # ---- resume, or evaluate the starting point for the final table
@@ -509,7 +514,6 @@ def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torc
     if splits:
         log(format_table(summary))
     log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {metrics_path}")
-    grader.close()
     return summary
 
 
