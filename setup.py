@@ -60,7 +60,8 @@ setup(
     version="0.1.0",
     description="Kernel-backed RL^V: train one LLM as reasoner and verifier, then vote with its own scores",
     python_requires=">=3.10",
-    packages=["rlvfast", "rlvfast.ops", "rlvfast.sampler", "rlvfast.kernels"],
+    packages=["rlvfast", "rlvfast.models", "rlvfast.ops", "rlvfast.sampler", "rlvfast.tasks", "rlvfast.train",
+              "rlvfast.eval", "rlvfast.kernels"],
     # Triton kernels live in the top-level kernels/ folder and ship as rlvfast.kernels.
     package_dir={"rlvfast": "rlvfast", "rlvfast.kernels": "kernels"},
     ext_modules=[CMakeExtension("rlvfast._C")],
@@ -79,9 +80,9 @@ setup(
     ],
     extras_require={
         # pyarrow: a 55 MB wheel with no dependencies, so the .parquet loader is tested too
-        "test": ["pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14"],
+        "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],
-        "parquet": ["pyarrow>=14"],  # rlvfast.data reads --data FILE.parquet
+        "parquet": ["pyarrow>=14"],  # rlvfast.tasks.problems reads --data FILE.parquet
         "bench": ["pytest-benchmark>=4", "liger-kernel", "trl"],
     },
 )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvfast.grading import Grader, extract_answer
-from rlvfast.synthetic import make_problems, solution_text
+from rlvfast.tasks.grading import Grader, extract_answer
+from rlvfast.tasks.synthetic import make_problems, solution_text
 
 MATH500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "math500.jsonl"
 

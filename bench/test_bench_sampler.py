@@ -42,7 +42,7 @@ def sampler(request, tmp_path_factory):
     from rlvfast.models import build_tiny_model, load_model
 
     if request.param == "tiny":
-        from rlvfast.warm_start import TINY_VERIFY_PROMPT
+        from rlvfast.train.warm_start import TINY_VERIFY_PROMPT
 
         model, tok = load_model(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
         s = Sampler(model, tok, verify_prompt=TINY_VERIFY_PROMPT)

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
-from rlvfast.synthetic import make_problems
+from rlvfast.tasks.synthetic import make_problems
 
 NUM_PROMPTS, GROUP_SIZE, MAX_NEW_TOKENS, LR = 4, 8, 48, 1e-5
 OUR_STEPS, TRL_STEPS = 5, 6
@@ -61,10 +61,10 @@ def _machine(threads: int) -> dict:
 @pytest.mark.parametrize("verifier_coef", [1.0, 0.0], ids=["rlv", "base"])
 def test_bench_rlv_step(benchmark, bench_model_dir, tmp_path, threads, verifier_coef):
     from rlvfast import Sampler
-    from rlvfast.grading import Grader
-    from rlvfast.rl_loss import LossConfig
-    from rlvfast.train import Run, rl_step
-    from rlvfast.train_config import TINY_VERIFY_PROMPT, TrainConfig
+    from rlvfast.tasks.grading import Grader
+    from rlvfast.train.loss import LossConfig
+    from rlvfast.train.loop import Run, rl_step
+    from rlvfast.train.config import TINY_VERIFY_PROMPT, TrainConfig
 
     config = TrainConfig(model=str(bench_model_dir), out=str(tmp_path), group_size=GROUP_SIZE,
                          prompts_per_step=NUM_PROMPTS, micro_batch=NUM_PROMPTS * GROUP_SIZE,
@@ -104,7 +104,7 @@ def test_bench_trl_grpo_step(benchmark, bench_model_dir, tmp_path, threads, chec
     datasets = pytest.importorskip("datasets")
     from transformers import TrainerCallback
 
-    from rlvfast.grading import is_correct
+    from rlvfast.tasks.grading import is_correct
 
     model, tok = load_model(bench_model_dir)
     problems = make_problems(NUM_PROMPTS * TRL_STEPS, "train", seed=0)

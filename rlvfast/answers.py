@@ -18,8 +18,8 @@ spelling: "0.5" == "1/2" == "\\frac{1}{2}" -> "1/2", "56.0" -> "56". Integers ar
 canonicalized as strings (any length); a decimal or fraction longer than `MAX_NUMBER_CHARS`
 keeps its spelling, so no `int()`/`Fraction()` of a huge string raises.
 
-Not here: equivalence beyond the key (math-verify, `rlvfast.grading`), choosing among
-answers (`rlvfast.voting`).
+Not here: equivalence beyond the key (math-verify, `rlvfast.tasks.grading`), choosing among
+answers (`rlvfast.eval.voting`).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The one answer module: extraction, the canonical key, and grading and voting agreeing on it."""
 import pytest
 
-from rlvfast import grading, voting
+from rlvfast.eval import voting
+from rlvfast.tasks import grading
 from rlvfast.answers import MAX_TEXT_CHARS, MAX_UNWRAPS, extract_answer, is_int_key, last_boxed, normalize_answer
-from rlvfast.grading import Grader
+from rlvfast.tasks.grading import Grader
 
 HUGE = "7" * 5000  # over Python's 4300-digit int()/str() limit
 
@@ -88,7 +89,7 @@ def test_voting_on_huge_answers():
 
 def test_eval_summary_of_saved_huge_answers():
     # A saved sample with a 5000-digit answer made every rerun of rlvfast.eval crash here.
-    from rlvfast.eval import pool_from_records
+    from rlvfast.eval.run import pool_from_records
 
     records = [{"sample": i, "problem_id": "p", "answer": answer, "correct": False, "score": 0.5,
                 "num_tokens": 9, "difficulty": None} for i, answer in enumerate([HUGE, HUGE, "3"])]

@@ -5,7 +5,7 @@
 its own KV cache as it ends. Files, one noun each: params (SamplingParams), outputs
 (Completion, RequestOutput), sequence (per-sample state), kv_cache (KVCache), runner
 (ModelRunner: prefill / decode_step / verify), fast_trunk (FastTrunk: a lean Llama/Qwen2
-forward on `rlvfast.model_math`), rng (per-sample counter-based uniforms), sampling
+forward on `rlvfast.models.llama`), rng (per-sample counter-based uniforms), sampling
 (sample_tokens), prompts (format_prompt, build_verify_prompt), verification (the
 verification row the sampler and the trainer share), reference (reencoded_scores), sampler
 (Sampler: the loop, `score`).

@@ -1,6 +1,6 @@
 """`FastTrunk`: a lean forward of Llama-family decoder trunks (Llama, Mistral-less, Qwen2).
 
-The layer math is `rlvfast.model_math` (RMSNorm, rotary embedding, GQA attention through
+The layer math is `rlvfast.models.llama` (RMSNorm, rotary embedding, GQA attention through
 SDPA, SiLU-gated MLP, fused q/k/v and gate/up weights), the one copy the trainer's forward
 also runs. Two changes from the Hugging Face modules for small-batch decoding on a CPU: q/k/v
 and gate/up are each one matmul on weights concatenated once (7 matmuls per layer become 4),
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlvfast import model_math
-from rlvfast.model_math import FusedLayer, HeadShape, attention, rms_norm, rotate, split_heads, to_heads
+from rlvfast.models import llama
+from rlvfast.models.llama import FusedLayer, HeadShape, attention, rms_norm, rotate, split_heads, to_heads
 
 
 class FastTrunk:
@@ -30,7 +30,7 @@ class FastTrunk:
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
-        return model_math.supports(model)
+        return llama.supports(model)
 
     def refresh(self) -> None:
         """Rebuilds the fused weights from the model's parameters as they are now. The Sampler

@@ -3,7 +3,7 @@
 A sample is verified on `[prompt ids, solution ids, verify ids]`, P("Yes") read at the last
 position, where the solution is every sampled id but a final EOS id (the EOS ends the
 sample; it is not part of what the sample wrote; an EOS elsewhere, as under ignore_eos,
-stays). The trainer's verifier rows (`rlvfast.rl_loss.build_rows`), the re-encoding of
+stays). The trainer's verifier rows (`rlvfast.train.loss.build_rows`), the re-encoding of
 `Sampler.score` and the in-cache verification of `Sampler.generate` all build their tokens
 here; if they differed, the trained verifier would be scored on rows it never saw.
 

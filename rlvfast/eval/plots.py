@@ -1,0 +1,70 @@
+"""PNG plots of `rlvfast.eval.scaling` results (matplotlib, Agg backend: no display needed).
+
+`plot_parallel`: accuracy against k (log2 axis), one line per method. `plot_sequential`:
+accuracy against mean tokens per problem, fixed budgets as a line and threshold policies as
+points. Reads the results dict only; computes nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+_STYLE = {"pass": ("pass@k", "k:", "o"), "majority": ("majority", "C0-", "s"),
+          "best_of_n": ("best-of-n (verifier)", "C2--", "^"), "weighted": ("weighted (verifier)", "C3-", "D"),
+          "judge_best_of_n": ("best-of-n (LLM judge)", "C4--", "v"),
+          "judge_weighted": ("weighted (LLM judge)", "C1-", "P"),
+          "baseline majority": ("baseline: majority", "C0:", "s"),
+          "baseline weighted": ("baseline: weighted", "C3:", "D")}
+
+
+def plot_parallel(parallel: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> Path:
+    """Accuracy at k for each method on a log2 k axis; returns the written path."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for method, values in parallel.items():
+        label, style, marker = _STYLE.get(method, (method, "-", "o"))
+        ks = [int(k) for k in values]
+        ax.plot(ks, [values[str(k)] for k in ks], style, marker=marker, label=label)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(k) for values in parallel.values() for k in values})
+    ax.set_xticks(ticks, [str(k) for k in ticks])
+    ax.set_xlabel("samples per problem k")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "Accuracy against parallel samples")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_sequential(sequential: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """Weighted-vote accuracy against mean tokens per problem: fixed budgets and thresholds."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fixed = sequential["fixed"]
+    xs = [row["mean_tokens"] for row in fixed.values()]
+    ax.plot(xs, [row["accuracy"] for row in fixed.values()], "C3-", marker="D", label="fixed length (weighted)")
+    ax.plot(xs, [row["majority_accuracy"] for row in fixed.values()], "C0--", marker="s",
+            label="fixed length (majority)")
+    for x, (length, row) in zip(xs, fixed.items()):
+        ax.annotate(length, (x, row["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for i, (threshold, row) in enumerate(sequential["threshold"].items()):
+        ax.plot([row["mean_tokens"]], [row["accuracy"]], linestyle="none", marker="*", markersize=12,
+                color=f"C{(i + 4) % 10}", label=f"stop at confidence >= {threshold}")
+    ax.set_xlabel("tokens generated per problem (all samples)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "Sequential scaling")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,142 @@
+"""The Llama-family decoder math that the sampler's forward and the trainer's forward share.
+
+`rlvfast.sampler.fast_trunk.FastTrunk` (decode through a KV cache, no grad) and
+`rlvfast.train.forward.read_hidden` (packed rows with shared prompts, with grad) run the
+same layer math, written here once: RMSNorm (`rms_norm`), the rotary embedding (`rotate`),
+the fused q/k/v split into heads (`split_heads`), grouped-query attention through SDPA
+(`attention`), the SiLU-gated MLP and one layer's fused weights (`FusedLayer`), and the set
+of models this math reproduces (`supports`). It is the math of the Hugging Face modules
+it reads, op for op, so results match theirs up to float rounding.
+
+Not here: caches, packing, prefix sharing or which positions are computed (the two callers),
+the LM head and the losses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_SUPPORTED = {"llama", "qwen2"}
+_LAYER_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """A Llama/Qwen2 trunk this math reproduces: SiLU MLP without bias, no sliding window,
+    no q/k norms, no bias on o_proj, no tensor-parallel split of the weights."""
+    config, trunk = model.config, getattr(model, "base_model", None)
+    if getattr(config, "model_type", None) not in _SUPPORTED or trunk is model or trunk is None:
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "use_sliding_window", False):
+        return False
+    if getattr(config, "pretraining_tp", 1) != 1 or getattr(config, "mlp_bias", False):
+        return False
+    for layer in getattr(trunk, "layers", []):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attn is None or mlp is None or any(not hasattr(attn, p) for p in _LAYER_PARTS):
+            return False
+        if any(not hasattr(mlp, p) for p in _MLP_PARTS) or hasattr(attn, "q_norm"):
+            return False
+        if getattr(attn.o_proj, "bias", None) is not None:
+            return False
+    return all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers"))
+
+
+@dataclass(frozen=True, slots=True)
+class HeadShape:
+    """Attention head counts and size: nh query heads share nkv key/value heads (GQA)."""
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config) -> HeadShape:
+        num_heads = config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        return cls(num_heads, num_kv_heads, getattr(config, "head_dim", None) or config.hidden_size // num_heads)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # The HF LlamaRMSNorm math, op for op (float32 statistics).
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (HF's rotate_half form) of x (..., hd) with cos/sin broadcast to it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def to_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, n hd) -> (B, n, T, hd), a view."""
+    return x.view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
+
+
+def split_heads(qkv: torch.Tensor, shape: HeadShape, cos: torch.Tensor, sin: torch.Tensor):
+    """(B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd); q and k rotated
+    with cos/sin (B, 1, T, hd)."""
+    nh, nkv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    return rotate(to_heads(q, nh, hd), cos, sin), rotate(to_heads(k, nkv, hd), cos, sin), to_heads(v, nkv, hd)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """Grouped-query attention: q (B, nh, Tq, hd), k/v (B, nkv, S, hd) with nh a multiple of
+    nkv, mask (B, 1, Tq, S) (additive or bool; None: causal) -> (B, Tq, nh hd), before o_proj."""
+    rows, nh, num_q, hd = q.shape
+    nkv = k.shape[1]
+    rep = nh // nkv
+    if num_q == 1 and rep > 1 and mask is not None:
+        # One query (a decode step): the rep query heads of a kv head attend as rep "tokens",
+        # so the shared keys/values are never copied rep times.
+        out = F.scaled_dot_product_attention(q.reshape(rows, nkv, rep, hd), k, v, attn_mask=mask,
+                                             scale=scale)  # (B, nkv, rep, hd)
+        return out.reshape(rows, 1, nh * hd)
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                         scale=scale)  # (B, nh, Tq, hd)
+    return out.transpose(1, 2).reshape(rows, num_q, nh * hd)
+
+
+class FusedLayer:
+    """One decoder layer's weights with q/k/v and gate/up concatenated, and its norms: 7
+    matmuls become 4. Built under no_grad (the sampler, rebuilt every generate()) they are
+    plain copies; built with grad enabled (the trainer, every forward) the concatenation is
+    in the graph, so gradients reach the model's own parameters."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv = torch.cat([m.weight for m in parts])  # ((nh + 2 nkv) hd, H)
+        self.qkv_bias = None if parts[0].bias is None else torch.cat([m.bias for m in parts])
+        self.num_q_rows = attn.q_proj.weight.shape[0]
+        self.o = attn.o_proj.weight
+        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 I, H)
+        self.down = mlp.down_proj.weight
+        self.scaling = attn.scaling
+        self.norm_in = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., (nh + 2 nkv) hd): the fused q/k/v projection of the normed input."""
+        return F.linear(rms_norm(h, *self.norm_in), self.qkv, self.qkv_bias)
+
+    def q_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the query projection alone: row views of the fused q/k/v."""
+        n = self.num_q_rows
+        return self.qkv[:n], None if self.qkv_bias is None else self.qkv_bias[:n]
+
+    def kv_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n = self.num_q_rows
+        return self.qkv[n:], None if self.qkv_bias is None else self.qkv_bias[n:]
+
+    def mlp_block(self, h: torch.Tensor) -> torch.Tensor:
+        """h + MLP(post-attention norm(h)), h (..., H)."""
+        gate, up = F.linear(rms_norm(h, *self.norm_post), self.gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, self.down)
