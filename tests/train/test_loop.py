@@ -16,6 +16,7 @@ import torch
 import rlvfast
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import loop as train_mod
+from rlvfast.train import report
 from rlvfast.cli import UserError
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train.config import TrainConfig, parse_config
@@ -396,8 +397,8 @@ def test_table_says_n_a_and_why_best_of_n_can_trail_pass_at_1():
     result = {"num_problems": 2, "num_samples": 2, "pass@1": 0.5, "verifier_balanced_accuracy": None,
               "majority@1": 0.5, "majority@2": 0.5, "best_of_n@1": 0.5, "best_of_n@2": 0.25,
               "weighted@1": 0.5, "weighted@2": float("nan")}
-    table = train_mod.format_table({"eval": {"test": result}})  # a resumed run: no warm-start numbers
+    table = report.format_table({"eval": {"test": result}})  # a resumed run: no warm-start numbers
     lines = table.splitlines()
     assert lines[1] == "pass@1: warm start - -> final 0.500   verifier balanced accuracy: warm start - -> final n/a"
     assert lines[-2].split() == ["weighted", "0.500", "n/a"]
-    assert lines[-1] == train_mod.BEST_OF_N_NOTE and "highest P(\"Yes\")" in lines[-1]
+    assert lines[-1] == report.BEST_OF_N_NOTE and "highest P(\"Yes\")" in lines[-1]
