@@ -7,7 +7,7 @@ its own KV cache as it ends. Files, one noun each: params (SamplingParams), outp
 (ModelRunner: prefill / decode_step / verify), fast_trunk (FastTrunk: a lean Llama/Qwen2
 forward on `rlvfast.models.llama`), rng (per-sample counter-based uniforms), sampling
 (sample_tokens), prompts (format_prompt, build_verify_prompt), verification (the
-verification row the sampler and the trainer share), reference (reencoded_scores), sampler
+verification row the sampler and the trainer share), reencode (reencoded_scores), sampler
 (Sampler: the loop, `score`).
 
 The public API (what other layers import): the names in `__all__`, from this package only.
@@ -15,9 +15,9 @@ The public API (what other layers import): the names in `__all__`, from this pac
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
 from rlvfast.sampler.prompts import build_verify_prompt, format_prompt
-from rlvfast.sampler.runner import verifier_scores
+from rlvfast.sampler.runner import p_yes
 from rlvfast.sampler.sampler import Sampler
 from rlvfast.sampler.verification import solution_ids, verification_row, verification_tail
 
 __all__ = ["Sampler", "SamplingParams", "RequestOutput", "Completion", "format_prompt", "build_verify_prompt",
-           "solution_ids", "verification_row", "verification_tail", "verifier_scores"]
+           "solution_ids", "verification_row", "verification_tail", "p_yes"]

@@ -22,12 +22,12 @@ from rlvfast.sampler.kv_cache import KVCache
 _LOGIT_TRANSFORMS = ("logit_scale", "final_logit_softcapping", "logits_scaling", "output_multiplier_scale")
 
 
-def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
+def p_yes(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
     """P("Yes") under the full-vocabulary softmax: hidden [B, H], weight [V, H] -> [B] float32."""
     from rlvfast import ops
 
-    p_yes, _ = ops.verifier_scores(hidden, weight, yes_id, no_id)
-    return p_yes.float()
+    yes, _ = ops.verifier_scores(hidden, weight, yes_id, no_id)
+    return yes.float()
 
 
 class ModelRunner:
@@ -88,7 +88,7 @@ class ModelRunner:
             logits = self._full_forward_logits(cache, input_ids, is_valid)
             return torch.softmax(logits, dim=-1)[:, self.yes_id]
         hidden = self._last_hidden(cache, input_ids, is_valid)
-        return verifier_scores(hidden, self.head_weight, self.yes_id, self.no_id)
+        return p_yes(hidden, self.head_weight, self.yes_id, self.no_id)
 
     # ------------------------------------------------------------------ the sampler's phases
     @torch.inference_mode()

@@ -30,7 +30,7 @@ from rlvfast.sampler.kv_cache import KVCache
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
 from rlvfast.sampler.prompts import build_verify_prompt, encode_prompt
-from rlvfast.sampler.reference import reencoded_scores
+from rlvfast.sampler.reencode import reencoded_scores
 from rlvfast.sampler.rng import resolve_seed, sample_keys, uniforms
 from rlvfast.sampler.runner import ModelRunner
 from rlvfast.sampler.sampling import sample_tokens

@@ -66,13 +66,13 @@ def make_problems(num_problems: int, split: str | Difficulty = "train", seed: in
         signs = [rng.choice("+-") for _ in range(difficulty.num_operands - 1)]
         expr = str(operands[0]) + "".join(s + str(x) for s, x in zip(signs, operands[1:]))
         problems.append(Problem(id=f"synthetic-{name}-{seed}-{i}", problem=f"Compute {expr}.",
-                                answer=str(evaluate(expr)),
+                                answer=str(evaluate_expression(expr)),
                                 meta={"difficulty": name, "num_operands": difficulty.num_operands,
                                       "num_digits": difficulty.num_digits}))
     return problems
 
 
-def evaluate(expr: str) -> int:
+def evaluate_expression(expr: str) -> int:
     """Left-to-right value of a chain of + and - on non-negative integers."""
     tokens = re.findall(r"[+-]|\d+", expr)
     value = int(tokens[0])

@@ -238,10 +238,10 @@ def update(model, optimizer, samples: list[Sample], config: TrainConfig, loss_co
 def _p_yes(hidden: torch.Tensor, weight: torch.Tensor, verifier_index: torch.Tensor,
            score_ids: tuple[int, int]) -> list[float]:
     """P("Yes") at the verifier rows of one forward (the Sampler's score: full-vocabulary softmax)."""
-    from rlvfast.sampler import verifier_scores
+    from rlvfast.sampler import p_yes
     with torch.no_grad():
         rows = hidden.detach().reshape(-1, hidden.shape[-1]).index_select(0, verifier_index).to(weight.dtype)  # (B, H)
-        return verifier_scores(rows, weight.detach(), *score_ids).tolist()
+        return p_yes(rows, weight.detach(), *score_ids).tolist()
 
 
 # ----------------------------------------------------------------------------- one step

@@ -39,16 +39,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rlvfast.models import TINY_VERIFY_PROMPT, TinyModelConfig, build_tiny_model, load_model, yes_no_ids
+from rlvfast.sampler import format_prompt
 from rlvfast.tasks.synthetic import Difficulty, make_problems, solution_text
 
 # Bump when the data format or the training procedure changes, so old caches are not reused.
 WARM_START_VERSION = 3
 
-
-
-def format_prompt(problem_text: str) -> str:
-    """The prompt the tiny model sees, in warm start, RL and evaluation alike."""
-    return problem_text + "\n"
 
 
 @dataclass(slots=True)
@@ -133,7 +129,7 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 def _solution_row(tokenizer, problem, error_rate: float, rng: random.Random) -> tuple[list[int], int]:
     """[prompt, solution, EOS] with the loss from the first solution token on."""
-    prompt_ids = _encode(tokenizer, format_prompt(problem.problem))
+    prompt_ids = _encode(tokenizer, format_prompt(tokenizer, problem.problem))
     solution_ids = _encode(tokenizer, solution_text(problem, error_rate, rng))
     return prompt_ids + solution_ids + [tokenizer.eos_token_id], len(prompt_ids)
 
@@ -142,7 +138,7 @@ def _verify_row(tokenizer, problem, solution: str) -> tuple[list[int], int]:
     """[prompt, solution, verify prompt, Yes/No] with the loss on the label only."""
     yes_id, no_id = yes_no_ids(tokenizer)
     label = yes_id if solution.endswith(f"\\boxed{{{problem.answer}}}") else no_id
-    ids = (_encode(tokenizer, format_prompt(problem.problem)) + _encode(tokenizer, solution)
+    ids = (_encode(tokenizer, format_prompt(tokenizer, problem.problem)) + _encode(tokenizer, solution)
            + _encode(tokenizer, TINY_VERIFY_PROMPT) + [label])
     return ids, len(ids) - 1
 

@@ -20,7 +20,7 @@ import rlvfast.models
 import rlvfast.sampler
 from rlvfast.eval import run as rlv_eval
 from rlvfast.cli import UserError, run_command
-from rlvfast.tasks.synthetic import evaluate, solution_text
+from rlvfast.tasks.synthetic import evaluate_expression, solution_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -47,7 +47,7 @@ class ScriptedSampler:
             for _ in range(params.n):
                 if prompt.startswith("Compute"):
                     text = solution_text(prompt, error_rate=0.4, rng=rng)
-                    gold = str(evaluate(prompt[len("Compute "):-1]))
+                    gold = str(evaluate_expression(prompt[len("Compute "):-1]))
                 else:  # a judge prompt
                     text, gold = "looks fine", None
                 ids = self.tokenizer.encode(text, add_special_tokens=False)[: params.max_tokens]

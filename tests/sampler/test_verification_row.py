@@ -10,7 +10,7 @@ import rlvfast.sampler.sampler as sampler_module
 from rlvfast import Sampler, SamplingParams
 from rlvfast.train.loss import Sample, build_rows
 from rlvfast.sampler import solution_ids, verification_row, verification_tail
-from rlvfast.sampler.reference import reencoded_scores
+from rlvfast.sampler.reencode import reencoded_scores
 
 EOS, OTHER_EOS, VERIFY = 2, 9, [40, 41, 42]
 PROMPT = "Compute 7-1+8.\n"

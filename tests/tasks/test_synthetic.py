@@ -6,7 +6,7 @@ import re
 import pytest
 
 from rlvfast.tasks.grading import Grader, extract_answer
-from rlvfast.tasks.synthetic import SPLITS, Difficulty, evaluate, make_problems, parse_difficulty, solution_text
+from rlvfast.tasks.synthetic import SPLITS, Difficulty, evaluate_expression, make_problems, parse_difficulty, solution_text
 
 _STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 
@@ -39,14 +39,14 @@ def test_difficulty_is_visible_in_the_problems(split, num_operands, num_digits):
         operands = re.findall(r"\d+", problem.problem)
         assert len(operands) == num_operands
         assert all(len(x) == num_digits for x in operands)
-        assert problem.answer == str(evaluate(problem.problem[len("Compute "):-1]))
+        assert problem.answer == str(evaluate_expression(problem.problem[len("Compute "):-1]))
         assert problem.meta["num_operands"] == num_operands and problem.meta["num_digits"] == num_digits
 
 
 def test_parse_difficulty_and_splits():
     assert parse_difficulty("hard") == SPLITS["hard"]
     assert parse_difficulty("ops=4,digits=3")[0] == Difficulty(4, 3)
-    assert evaluate("37+48-29") == 56 and evaluate("1-9-9") == -17
+    assert evaluate_expression("37+48-29") == 56 and evaluate_expression("1-9-9") == -17
 
 
 def test_error_free_solutions_grade_correct():

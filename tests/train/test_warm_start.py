@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvfast.models import TinyModelConfig, build_char_tokenizer, load_model, yes_no_ids
-from rlvfast.tasks.synthetic import evaluate
+from rlvfast.tasks.synthetic import evaluate_expression
 from rlvfast.train.warm_start import (TINY_VERIFY_PROMPT, WarmStartConfig, backward_in_buckets, cached_warm_start,
                                 loss_weights, make_batch, make_verifier_batch)
 
@@ -32,7 +32,7 @@ def test_batch_rows_and_labels():
         assert text.endswith(TINY_VERIFY_PROMPT + ("Yes" if ids[-1] == yes else "No"))
         assert targets == [ids[-1]]  # loss on the label only
         boxed = text.split("\\boxed{")[1].split("}")[0]
-        gold = evaluate(problem.removeprefix("Compute ").rstrip("."))
+        gold = evaluate_expression(problem.removeprefix("Compute ").rstrip("."))
         assert (ids[-1] == yes) == (int(boxed) == gold)
         num_yes += ids[-1] == yes
     assert 5 <= num_yes <= 35  # both labels present at a 0.3 per-step error rate
@@ -57,7 +57,7 @@ def test_verifier_batch_holds_contrastive_pairs():
         right, wrong = rows[r], rows[r + 1]
         problem = right.partition("\n")[0]
         assert wrong.partition("\n")[0] == problem  # one problem per pair
-        gold = evaluate(problem.removeprefix("Compute ").rstrip("."))
+        gold = evaluate_expression(problem.removeprefix("Compute ").rstrip("."))
         for text, label_id, correct in ((right, yes, True), (wrong, no, False)):
             boxed = int(text.split("\\boxed{")[1].split("}")[0])
             assert (boxed == gold) == correct

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvfast.sampler.runner import ModelRunner, verifier_scores
+from rlvfast.sampler.runner import ModelRunner, p_yes
 
 
 @torch.inference_mode()
@@ -28,4 +28,4 @@ def reencoded_scores(runner: ModelRunner, rows: list[list[int]]) -> torch.Tensor
         logits = runner.model(input_ids=input_ids, attention_mask=mask).logits[batch, last].float()  # (B, V)
         return torch.softmax(logits, dim=-1)[:, runner.yes_id]
     hidden = runner.trunk(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-    return verifier_scores(hidden[batch, last], runner.head_weight, runner.yes_id, runner.no_id)
+    return p_yes(hidden[batch, last], runner.head_weight, runner.yes_id, runner.no_id)
