@@ -1,14 +1,14 @@
 """`FastTrunk`: a lean forward of Llama-family decoder trunks (Llama, Mistral-less, Qwen2).
 
 The layer math is `rlvfast.models.llama` (RMSNorm, rotary embedding, GQA attention through
-SDPA, SiLU-gated MLP, fused q/k/v and gate/up weights), the one copy the trainer's forward
-also runs. Two changes from the Hugging Face modules for small-batch decoding on a CPU: q/k/v
-and gate/up are each one matmul on weights concatenated once (7 matmuls per layer become 4),
-and there is no per-layer module dispatch, hooks or kwargs plumbing. On the tiny model a
-decode step is mostly such overhead (see NOTES.md). The fused weights are rebuilt at the
-start of every generate() (`refresh`), so a model trained between calls is never sampled
-with stale weights, whatever optimizer updated it. Only the last position gets the final
-norm, and in a forward of several tokens (prefill, verification) the last layer computes
+SDPA, SiLU-gated MLP, fused q/k/v and gate/up weights), the one copy the trainer's forward also
+runs. Two changes from the Hugging Face modules for small-batch decoding on a CPU: q/k/v and
+gate/up are each one matmul on weights concatenated once (7 matmuls per layer become 4), and
+there is no per-layer module dispatch, hooks or kwargs plumbing. On the tiny model a decode
+step is mostly such overhead (docs/design/sampler.md, "FastTrunk"). The fused weights are
+rebuilt at the start of every generate() (`refresh`), so a model trained between calls is never
+sampled with stale weights, whatever optimizer updated it. Only the last position gets the
+final norm, and in a forward of several tokens (prefill, verification) the last layer computes
 keys/values for all of them but the rest for the last one only. Anything else (another
 architecture, a sliding window, q/k norms, a non-SiLU MLP) is refused by
 `FastTrunk.supports` and runs through the HF trunk.

@@ -42,7 +42,7 @@ Prompt = str | list[int]
 # verified in one forward: on the tiny model 24 one-by-one verify forwards of 4x8 samples took
 # 0.70 s (session 1), a flush at a quarter 3 forwards and ~27 ms, at half 2 forwards and ~23
 # ms. Parked rows cost no extra memory, and the storage is compacted once half of it is free
-# either way (see NOTES.md).
+# either way (docs/design/sampler.md, "Score-while-generate (parking)").
 VERIFY_FLUSH_FRACTION = 0.5
 INITIAL_DECODE_COLUMNS = 256  # KV columns reserved per sample at first; more when needed
 

@@ -1,12 +1,12 @@
 """`sample_tokens`: draws one token per row from logits, with the log-prob it was drawn with.
 
-Temperature, then top-k, then top-p (vLLM's order), then one draw per row by inverting the
-CDF with that row's uniform (rng.py), so a row's token depends on its own logits and
-uniform only, never on the other rows. The CDF is two-level so that float32 keeps rare
-tokens' odds: cumulative sums inside blocks of 256 tokens (float32, each block's own small
-mass) and across blocks (float64). At batch 32 x 49k vocabulary this takes ~5 ms where an
-exponential race over the whole vocabulary (vLLM's draw) took ~80 ms on this CPU (NOTES.md).
-The returned log-prob is that of the token under the final (filtered, renormalized)
+Temperature, then top-k, then top-p (vLLM's order), then one draw per row by inverting the CDF
+with that row's uniform (rng.py), so a row's token depends on its own logits and uniform only,
+never on the other rows. The CDF is two-level so that float32 keeps rare tokens' odds:
+cumulative sums inside blocks of 256 tokens (float32, each block's own small mass) and across
+blocks (float64). At batch 32 x 49k vocabulary this takes ~5 ms where an exponential race over
+the whole vocabulary (vLLM's draw) took ~80 ms on this CPU (docs/design/sampler.md, "The
+draw"). The returned log-prob is that of the token under the final (filtered, renormalized)
 distribution; greedy (temperature 0) takes the argmax and reports the plain log-softmax at
 temperature 1. Not here: stopping, batching, the model, where the uniforms come from.
 """

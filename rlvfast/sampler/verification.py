@@ -14,7 +14,7 @@ ended sample never takes and a `score_at` look-ahead runs before), so the verifi
 
     prompt_ids + completion_ids[:-1] + verification_tail(...) == verification_row(...)
 
-Not here: running the forwards (runner.py, reference.py) or the verify prompt's text (prompts.py).
+Not here: running the forwards (runner.py, reencode.py) or the verify prompt's text (prompts.py).
 """
 from __future__ import annotations
 

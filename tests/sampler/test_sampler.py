@@ -17,7 +17,8 @@ TINY_PROMPTS = ["Compute 1+2.\n", "Compute 33+4-5.\n", "Compute 7-1+8-2+9.\n"]  
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One intra-op thread: on the shared 2-core machine, two OpenMP threads that get
-    descheduled make a small matmul ~6x slower (measured, see NOTES.md); values are the same."""
+    descheduled make a small matmul ~6x slower (measured, docs/design/sampler.md,
+    "Threads"); values are the same."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,7 +1,7 @@
 """The verification row, the rule sampler and trainer share: `[prompt, solution (a final EOS
 left out), verify ids]`. The sampler's in-cache verification must see exactly the row the
-trainer builds (`rl_loss.build_rows`) and `Sampler.score` re-encodes, token for token, and
-read the same P("Yes") from it, for samples that end on EOS, run out of tokens, or end on
+trainer builds (`rlvfast.train.loss.build_rows`) and `Sampler.score` re-encodes, token for
+token, and read the same P("Yes") from it, for samples that end on EOS, run out of tokens, or end on
 EOS at their first token (an empty solution)."""
 import pytest
 import torch
