@@ -1,7 +1,7 @@
 """Public fused ops of rlvfast, each with backend="auto"|"reference"|"cpp"|"triton"|"cuda".
 
-auto picks Triton (or CUDA where it is faster) for CUDA tensors, the C++ kernel for CPU
-tensors when rlvfast._C is built, and the PyTorch reference otherwise. Forcing a backend
+auto picks Triton for CUDA tensors (the CUDA C++ op runs only when asked for), the C++
+kernel for CPU tensors when rlvfast._C is built, and the PyTorch reference otherwise. Forcing a backend
 that cannot run here is a ValueError. Input validation that must name a bad value lives
 here, once, in front of every backend. The math itself lives in reference.py (the spec),
 csrc/ (C++/CUDA) and kernels/ (Triton).
