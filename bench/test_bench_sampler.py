@@ -5,7 +5,7 @@ Shapes from the issue: 4 prompts x 8 samples x 128 new tokens, on the tiny built
 and on SmolLM2-135M (GGUF from ../shared, skipped when absent). Each model verifies with the
 prompt it is used with: the tiny model with `rlvfast.models.TINY_VERIFY_PROMPT` (the one the
 trainer teaches it), SmolLM2 with its chat template's verification turn; the verification
-cost is also measured on the tiny model with the 63-character plain-model default
+cost is also measured on the tiny model with the 66-character (63-token) plain-model default
 ("tiny-long-verify"). Both sides run with one intra-op thread (on the shared 2-core machine
 two OpenMP threads get descheduled and a matmul runs ~6x slower; docs/design/sampler.md,
 "Threads") under
