@@ -8,6 +8,7 @@ from rlvfast.train import loop as train_mod
 from rlvfast.train import forward as train_forward
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
+from rlvfast.train.rollouts import step_seed
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_rlv_loss_through_the_fast_forward_matches_the_hf_forward(micro_path):
     hidden = model.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
     expected = rlv_loss(hidden, model.lm_head.weight, rows, cfg)
     expected_grads = _grads(model, expected.loss)
-    read, compact = train_mod._read_rows(rows, [len(s.prompt_ids) - 1 for s in samples])
+    read, compact = train_forward.read_plan(rows, [len(s.prompt_ids) - 1 for s in samples])
     got = rlv_loss(train_forward.read_hidden(model, rows.input_ids, *read), model.lm_head.weight, compact, cfg)
     got_grads = _grads(model, got.loss)
     assert torch.allclose(got.loss, expected.loss, rtol=1e-6)
@@ -127,20 +128,20 @@ def test_rl_step_logs_the_samplers_p_yes_from_the_update(micro_path, tmp_path, m
                          micro_batch=3, max_new_tokens=6, verify_prompt="\nOK?\n", eval_problems=0, lr=1e-3)
     sampler = Sampler(model, tok, verify_prompt="\nOK?\n")
     problems = make_problems(2, "train", seed=0)
-    params = SamplingParams(n=4, max_tokens=6, temperature=1.0, seed=train_mod.step_seed(config.seed, 0))
+    params = SamplingParams(n=4, max_tokens=6, temperature=1.0, seed=step_seed(config.seed, 0))
     expected = [c.score for o in sampler.generate([format_prompt(tok, p.problem) for p in problems], params,
                                                      score=True) for c in o.completions]
     seen = {}
-    real_accuracy = train_mod.verifier_accuracy
+    real_metrics = train_mod.verifier_step_metrics
 
     def spy(scores, rewards):
         seen["scores"] = list(scores)
-        return real_accuracy(scores, rewards)
+        return real_metrics(scores, rewards)
 
     def parity(prompts, completions, completion_ids, **columns):  # varied labels without a grader
         return [float(sum(ids) % 2 == 0) for ids in completion_ids]
 
-    monkeypatch.setattr(train_mod, "verifier_accuracy", spy)
+    monkeypatch.setattr(train_mod, "verifier_step_metrics", spy)
     run = train_mod.Run(config, model, tok, sampler, torch.optim.AdamW(model.parameters(), lr=1e-3),
                         None, parity, LossConfig(), None, torch.device("cpu"))
     metrics, result = train_mod.rl_step(run, problems, 0)
