@@ -20,7 +20,9 @@ Same math as the HF modules: RMSNorm statistics in float32, the model's rotary e
 (positions continue across prefix and suffix), SDPA, SiLU-gated MLP, GQA.
 
 `read_plan` turns the loss's rows (`rlvfast.train.loss.RowBatch`) into `read_hidden`'s arguments
-and the rows re-indexed into its output. Not here: the loss (`rlvfast.train.loss`), the optimizer, and any model `supports` refuses
+and the rows re-indexed into its output.
+
+Not here: the loss (`rlvfast.train.loss`), the optimizer, and any model `supports` refuses
 (another architecture, biased o_proj/MLP, attention dropout, q/k norms): those use the HF
 trunk.
 """

@@ -2,30 +2,21 @@
 
     J = J_RL + lambda * J_verify            (arXiv 2505.04842)
 
-`train` is the whole run, in order: setup (`rlvfast.train.setup`), resume from the latest
-checkpoint or evaluate the starting point, the steps, a checkpoint every `checkpoint_every`
-steps, the final model, the table. Each step (`rl_step`): take `prompts_per_step` problems;
-sample `group_size` solutions each with the Sampler; grade them (1/0, time-limited grader, or
-a custom reward); group-relative advantages (`rlvfast.train.rollouts`); then `update`: per
-micro-batch ONE forward pass per sample over `[prompt, solution, verify prompt]`
-(`rlvfast.train.forward`: each group's prompt once, the last layer only where the loss reads)
-gives the policy rows (clipped loss with the sampler's old log-probs) and the verifier row
-(-log P(label), label Yes/No from the reward); backward; clip; AdamW step. The first forward's
-verifier rows also give P("Yes") BEFORE the update, logged as the verifier's accuracy on fresh
-samples (lambda = 0: the sampler scores them instead). The math is in `rlvfast.train.loss`,
-checkpoints in `rlvfast.train.checkpoint`, options in `rlvfast.train.config` (`--help`),
-metrics.jsonl in `rlvfast.train.metrics`.
-
-With no arguments: the tiny built-in model, warm-started on imperfect synthetic solutions
-(cached), trained with RL^V, then a table on held-out `test` and `hard` problems: pass@1 of
-the warm start and the final model, the verifier's balanced accuracy, and majority,
-best-of-N and weighted voting at N = 1..16 (OUT/summary.json; `rlvfast.train.report`).
-
-The run directory: one run at a time (`rlvfast.train.run_dir`: a lock on OUT/.lock); a fresh run
-needs an empty OUT unless `--overwrite`; `--resume` refuses options that differ from the
-checkpoint's where they change the run (`rlvfast.train.config.resume_differences`).
-A user's error (an option, a file, a reward function's output) is a `UserError`: one line,
-exit 2 (`rlvfast.cli`); a run that cannot go on is a `TrainingError`: one line, exit 1.
+`train`, in order: setup (`rlvfast.train.setup`); resume from the latest checkpoint, or evaluate
+the starting point; the steps, with a checkpoint every `checkpoint_every`; the final model; the
+table (`rlvfast.train.report`). One step, `rl_step`: sample `group_size` solutions to each of
+`prompts_per_step` problems, grade them (the time-limited grader or a custom reward), group-
+relative advantages (`rlvfast.train.rollouts`); then `update`: per micro-batch ONE forward per
+sample over `[prompt, solution, verify prompt]` (`rlvfast.train.forward`) gives the policy rows
+(clipped loss with the sampler's old log-probs) and the verifier row (-log P(label), Yes/No from
+the reward); backward; clip; AdamW step. Its first forward also gives P("Yes") BEFORE the
+update, logged as the verifier's accuracy on fresh samples (lambda = 0: the sampler scores).
+The math: `rlvfast.train.loss`; options: `rlvfast.train.config` (`--help`); files:
+`rlvfast.train.checkpoint`, `rlvfast.train.metrics`, `rlvfast.train.run_dir` (OUT's lock, the
+fresh / --resume / --overwrite rule). With no arguments: the tiny model, warm-started
+(`rlvfast.train.warm_start`), then a table on held-out `test` and `hard` problems.
+A user's error is a `UserError` (one line, exit 2, `rlvfast.cli`); a run that cannot go on, a
+`TrainingError` (one line, exit 1).
 """
 from __future__ import annotations
 
@@ -162,8 +153,8 @@ def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
     if not splits:
         return {}
     t0 = time.perf_counter()
-    # only pass@1 of the starting point is reported: a few samples per problem suffice
-    warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=min(4, run.config.eval_samples))
+    num_samples = min(4, run.config.eval_samples)  # only pass@1 of the start is reported: a few samples suffice
+    warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples)
                  for s, p in splits.items()}
     log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
         ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
@@ -273,7 +264,8 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
     for read, r in inputs:
         with heads.autocast(run.device):
             if read is None:
-                hidden = run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
+                trunk_out = run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask)
+                hidden = trunk_out.last_hidden_state  # (B, T, H)
             else:
                 hidden = train_forward.read_hidden(run.model, r.input_ids, *read)  # (N + B, H)
             out = rlv_loss(hidden, weight, r, run.loss_config)
