@@ -147,3 +147,37 @@ def test_rl_step_logs_the_samplers_p_yes_from_the_update(micro_path, tmp_path, m
     metrics, result = train_mod.rl_step(run, problems, 0)
     assert "p_yes" not in metrics and not result["skipped"]
     assert torch.allclose(torch.tensor(seen["scores"]), torch.tensor(expected), rtol=1e-4, atol=1e-6)
+
+
+def test_update_through_the_hf_forward_matches_the_fast_forward(micro_path, monkeypatch):
+    """`update(run, samples)` with Run.fast_forward=False (HF's padded forward, the reference) gives
+    the same losses, grad norm and P("Yes") as the packed forward, up to float32 rounding; two
+    micro-batches, the second starting inside a group."""
+    from types import SimpleNamespace
+
+    from rlvfast.train.config import TrainConfig
+
+    g = torch.Generator().manual_seed(4)
+    samples = [Sample([[11, 12, 13, 14, 15], [21, 22, 23]][i // 3], [[40, 41, 1], [42, 43, 44, 45], [1]][i % 3],
+                      -torch.rand(len([[40, 41, 1], [42, 43, 44, 45], [1]][i % 3]), generator=g),
+                      advantage=[0.5, -1.0, 0.3, 1.1, -0.4, 0.2][i], token_weight=0.1,
+                      label_id=99 if i % 2 else 100, label_weight=1 / 6) for i in range(6)]
+    config = TrainConfig(model=str(micro_path), out="unused", group_size=3, prompts_per_step=2, micro_batch=4,
+                         max_new_tokens=4, lr=1e-2, eval_problems=0)
+    sampler = SimpleNamespace(verify_ids=[60, 61], eos_ids=[1], yes_id=99, no_id=100)
+    calls = []
+    real_read_hidden = train_forward.read_hidden
+    monkeypatch.setattr(train_forward, "read_hidden", lambda *a: calls.append(1) or real_read_hidden(*a))
+    results = {}
+    for fast in (True, False):
+        model, _ = load_model(micro_path)
+        run = train_mod.Run(config, model, SimpleNamespace(pad_token_id=0), sampler,
+                            torch.optim.AdamW(model.parameters(), lr=1e-2), None, None, config.loss_config(), None,
+                            torch.device("cpu"), fast_forward=fast)
+        results[fast] = train_mod.update(run, samples)
+        assert len(calls) == 2  # the packed forward ran for both micro-batches, then never again
+    fast, hf = results[True], results[False]
+    assert not fast["skipped"] and not hf["skipped"] and fast["num_train_tokens"] == hf["num_train_tokens"] == 16
+    for key in ("loss", "loss/policy", "loss/verifier", "grad_norm", "old_logprob_abs_diff"):
+        assert fast[key] == pytest.approx(hf[key], rel=1e-5), key
+    assert len(fast["p_yes"]) == 6 and fast["p_yes"] == pytest.approx(hf["p_yes"], rel=1e-5)
