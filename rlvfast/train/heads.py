@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from rlvfast.cli import UserError
+from rlvfast.sampler import p_yes as sampler_p_yes
 from rlvfast.train.loss import RowBatch
 
 
@@ -32,7 +33,6 @@ def autocast(device: torch.device):
 def p_yes(hidden: torch.Tensor, weight: torch.Tensor, verifier_index: torch.Tensor,
           score_ids: tuple[int, int]) -> list[float]:
     """P("Yes") at the verifier rows of one forward (the Sampler's score: full-vocabulary softmax)."""
-    from rlvfast.sampler import p_yes as sampler_p_yes
     with torch.no_grad():
         rows = hidden.detach().reshape(-1, hidden.shape[-1]).index_select(0, verifier_index).to(weight.dtype)  # (B, H)
         return sampler_p_yes(rows, weight.detach(), *score_ids).tolist()

@@ -31,6 +31,8 @@ import torch
 from tqdm import tqdm
 
 from rlvfast.cli import run_command
+from rlvfast.sampler import Sampler, SamplingParams, format_prompt
+from rlvfast.tasks.grading import Grader
 from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
@@ -74,8 +76,6 @@ class Run:
 def train(config: TrainConfig, log=print) -> dict:
     """The whole run; returns the summary (also written to OUT/summary.json). Holds OUT's lock
     throughout; a fresh run needs an empty OUT (or --overwrite), see `rlvfast.train.run_dir`."""
-    from rlvfast.tasks.grading import Grader
-
     device = setup.pick_device(config.device)
     problems = setup.load_training_problems(config)  # a bad --data fails here, before anything slow
     reward_fn = setup.load_reward_fn(config.reward) if config.reward else None
@@ -139,8 +139,6 @@ def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torc
 
 
 def _build_run(config: TrainConfig, device: torch.device, grader, reward_fn, resume_from: Path | None, log) -> Run:
-    from rlvfast import Sampler
-
     model, tokenizer, ref_model = setup.load_models(config, device, resume_from, log)
     sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
     optimizer, scheduler = setup.make_optimizer(model, config)
@@ -190,9 +188,6 @@ def _summary(run: Run, splits: dict[str, list[Problem]], warm_eval: dict) -> dic
 # ----------------------------------------------------------------------------- one step
 def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     """Sample, grade, advantages, update: one RL^V step. Returns (metrics, update result)."""
-    from rlvfast import SamplingParams
-    from rlvfast.sampler import format_prompt
-
     config, sampler = run.config, run.sampler
     t0 = time.perf_counter()
     prompts = [format_prompt(run.tokenizer, p.problem) for p in batch]
