@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvfast.cli import UserError
-from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS
+from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
 
@@ -151,6 +151,10 @@ class TrainConfig:
 
     def warm_start_config(self) -> WarmStartConfig:
         return WarmStartConfig(steps=self.warm_start_steps, verifier_steps=self.warm_start_verifier_steps)
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(clip_low=self.clip_low, clip_high=self.clip_high, temperature=self.temperature,
+                          verifier_coef=self.verifier_coef, kl_coef=self.kl_coef)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

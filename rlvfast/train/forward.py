@@ -19,6 +19,9 @@ padded forward, all exact in math:
 Same math as the HF modules: RMSNorm statistics in float32, the model's rotary embedding
 (positions continue across prefix and suffix), SDPA, SiLU-gated MLP, GQA.
 
+`read_plan` turns the loss's rows (`rlvfast.train.loss.RowBatch`) into `read_hidden`'s arguments
+and the rows re-indexed into its output.
+
 Not here: the loss (`rlvfast.train.loss`), the optimizer, and any model `supports` refuses
 (another architecture, biased o_proj/MLP, attention dropout, q/k norms): those use the HF
 trunk.
@@ -26,13 +29,14 @@ trunk.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from rlvfast.models import llama
 from rlvfast.models.llama import FusedLayer, HeadShape, attention, rms_norm, split_heads
+from rlvfast.train.loss import RowBatch
 
 
 def supports(model: torch.nn.Module) -> bool:
@@ -157,3 +161,16 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
             h = layer.mlp_block(h.index_select(0, pack.read_packed)
                                 + F.linear(out.index_select(0, pack.read_suffix), layer.o))
     return rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
+
+
+def read_plan(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBatch]:
+    """(read_hidden's arguments after the ids, the rows re-indexed into its compact output): the
+    loss reads the policy positions then the verifier positions; `prefix_lengths[b]`: row b's
+    shareable prefix (for a rollout, its prompt but the last token, which predicts the first
+    sampled token)."""
+    num_policy, num_rows = rows.policy_index.numel(), rows.verifier_index.numel()
+    read = torch.cat([rows.policy_index, rows.verifier_index])  # (N + B,)
+    lengths = rows.attention_mask.sum(dim=1).tolist()
+    compact = replace(rows, policy_index=torch.arange(num_policy, device=read.device),
+                      verifier_index=torch.arange(num_policy, num_policy + num_rows, device=read.device))
+    return (lengths, prefix_lengths, read), compact

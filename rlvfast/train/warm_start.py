@@ -8,17 +8,18 @@ greedy decoding learns the arithmetic, sampling at temperature 1 keeps making th
 kind of error (off by 1-3), which RL then has to remove. The loss covers the solution and
 <eos> only, not the prompt. Each batch also holds `verify_rows` rows
 `[prompt, solution, TINY_VERIFY_PROMPT, Yes/No]` (loss on the label only) so the model has
-produced "Yes"/"No" before RL^V: without them RL^V starts at ~10 nats of verifier loss and
-its gradient wrecks the policy (NOTES.md, Trainer). Measured: these rows teach the label
-format and base rate, not the discrimination. An optional phase 2 (`verifier_steps` > 0,
-off by default) does: contrastive pairs (one problem solved right and wrong in the same
-batch) with the label loss averaged on its own (`loss_weights`) take the held-out AUC from
-0.51 to 0.87 in 400 steps, after a ~250-step plateau (NOTES.md, Trainer).
+produced "Yes"/"No" before RL^V: without them RL^V starts at ~11 nats of verifier loss and
+its gradient wrecks the policy. These rows teach the label format and base rate, not the
+discrimination. An optional phase 2 (`verifier_steps` > 0, off by default) does: contrastive
+pairs (one problem solved right and wrong in the same batch) with the label loss averaged on
+its own (`loss_weights`). Measured (docs/experiments.md: S1.3, S2.4, S2.8): after a ~250-step
+plateau, 400 phase-2 steps took the held-out AUC from 0.51 to 0.87 (balanced accuracy 0.81).
 
 The result is an ordinary Hugging Face directory cached under
 `~/.cache/rlvfast/warm_start/<hash of the config>/` (or `$RLVFAST_CACHE`), written into a
 temporary directory and renamed, so a second run reuses it and a killed run leaves nothing
-half-written. Not here: the RL loop (`rlvfast.train`), evaluation (`rlvfast.evaluate`).
+half-written. Not here: the RL loop (`rlvfast.train.loop`), evaluation (`rlvfast.eval`, and the
+training run's table, `rlvfast.train.report`).
 """
 from __future__ import annotations
 
@@ -49,27 +50,26 @@ WARM_START_VERSION = 3
 
 @dataclass(slots=True)
 class WarmStartConfig:
-    """Supervised warm start of the tiny model. Defaults: ~4.5 minutes on 2 quiet cores (NOTES.md)."""
+    """Supervised warm start of the tiny model. Defaults: 271 s on 2 quiet cores (docs/experiments.md, S3.4)."""
     steps: int = 300
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 20
-    error_rate: float = 0.15      # per step, as in ../shared/README.md's measured run
+    error_rate: float = 0.15      # the chance that a step of a solution is wrong
     # Number of operands of the warm-start chains and how often each appears: mostly the
     # training difficulty (3), some 2 and 4 so that `hard` (4) is not wholly unseen.
     operand_weights: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.6, 4: 0.2})
     # Rows per batch that also teach the verification format: [prompt, solution (wrong steps at
     # verify_error_rate, about half wrong), verify prompt, "Yes"/"No"], loss on the label only.
-    # Without them the model has never produced "Yes"/"No" and RL^V starts at ~10 nats of
-    # verifier loss whose gradient swamps the policy's (see NOTES.md, Trainer).
+    # Without them the model has never produced "Yes"/"No" and RL^V starts at ~11 nats of
+    # verifier loss whose gradient swamps the policy's (docs/design/trainer.md, "Warm start").
     verify_rows: int = 64
     verify_error_rate: float = 0.3
     # Optional second phase, a verifier warm start (0 = off): `verifier_steps` steps at
     # `verifier_lr` (warmup 20, cosine to 10%) on `verifier_solution_rows` solution rows plus
     # `verifier_pairs` contrastive pairs, the same problem solved right ("Yes") and with wrong
-    # steps ("No"); loss = mean over solution tokens + mean over labels. Measured in a probe
-    # (NOTES.md, Trainer): from phase 1's model, held-out AUC 0.57 -> 0.89 -> 0.95 after
-    # 100 / 400 / 500 such steps at lr 1e-3, where unpaired rows stayed at ~0.5.
+    # steps ("No"); loss = mean over solution tokens + mean over labels. What it measured: the
+    # module docstring; unpaired verification rows did not learn the label (docs/experiments.md, S2.4).
     verifier_steps: int = 0
     verifier_lr: float = 1e-3
     verifier_solution_rows: int = 32
@@ -213,9 +213,9 @@ def backward_in_buckets(model, input_ids: torch.Tensor, labels: torch.Tensor, we
                         pad_id: int, bucket_rows: int = 64) -> float:
     """loss = sum(weights * next-token cross-entropy) over a right-padded batch, backward
     included; returns the loss. Rows are sorted by length and run `bucket_rows` at a time, each
-    bucket cut to its own longest row: with 2-4 operand problems a padded batch is ~35% pad,
+    bucket cut to its own longest row: with 2-4 operand problems a padded batch is ~37% pad,
     and a right-padded row's real tokens do not see the padding, so this is the same loss and
-    gradient as one padded forward at ~2/3 of the cost (tested)."""
+    gradient as one padded forward (tested) in ~3/4 of the time (docs/experiments.md, S3.1)."""
     lengths = (input_ids != pad_id).sum(1)  # (B,)
     order = torch.argsort(lengths, descending=True, stable=True)
     total = 0.0

@@ -8,6 +8,7 @@ from rlvfast.train import loop as train_mod
 from rlvfast.train import forward as train_forward
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
+from rlvfast.train.rollouts import step_seed
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_rlv_loss_through_the_fast_forward_matches_the_hf_forward(micro_path):
     hidden = model.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
     expected = rlv_loss(hidden, model.lm_head.weight, rows, cfg)
     expected_grads = _grads(model, expected.loss)
-    read, compact = train_mod._read_rows(rows, [len(s.prompt_ids) - 1 for s in samples])
+    read, compact = train_forward.read_plan(rows, [len(s.prompt_ids) - 1 for s in samples])
     got = rlv_loss(train_forward.read_hidden(model, rows.input_ids, *read), model.lm_head.weight, compact, cfg)
     got_grads = _grads(model, got.loss)
     assert torch.allclose(got.loss, expected.loss, rtol=1e-6)
@@ -127,22 +128,56 @@ def test_rl_step_logs_the_samplers_p_yes_from_the_update(micro_path, tmp_path, m
                          micro_batch=3, max_new_tokens=6, verify_prompt="\nOK?\n", eval_problems=0, lr=1e-3)
     sampler = Sampler(model, tok, verify_prompt="\nOK?\n")
     problems = make_problems(2, "train", seed=0)
-    params = SamplingParams(n=4, max_tokens=6, temperature=1.0, seed=train_mod.step_seed(config.seed, 0))
+    params = SamplingParams(n=4, max_tokens=6, temperature=1.0, seed=step_seed(config.seed, 0))
     expected = [c.score for o in sampler.generate([format_prompt(tok, p.problem) for p in problems], params,
                                                      score=True) for c in o.completions]
     seen = {}
-    real_accuracy = train_mod.verifier_accuracy
+    real_metrics = train_mod.verifier_step_metrics
 
     def spy(scores, rewards):
         seen["scores"] = list(scores)
-        return real_accuracy(scores, rewards)
+        return real_metrics(scores, rewards)
 
     def parity(prompts, completions, completion_ids, **columns):  # varied labels without a grader
         return [float(sum(ids) % 2 == 0) for ids in completion_ids]
 
-    monkeypatch.setattr(train_mod, "verifier_accuracy", spy)
+    monkeypatch.setattr(train_mod, "verifier_step_metrics", spy)
     run = train_mod.Run(config, model, tok, sampler, torch.optim.AdamW(model.parameters(), lr=1e-3),
                         None, parity, LossConfig(), None, torch.device("cpu"))
     metrics, result = train_mod.rl_step(run, problems, 0)
     assert "p_yes" not in metrics and not result["skipped"]
     assert torch.allclose(torch.tensor(seen["scores"]), torch.tensor(expected), rtol=1e-4, atol=1e-6)
+
+
+def test_update_through_the_hf_forward_matches_the_fast_forward(micro_path, monkeypatch):
+    """`update(run, samples)` with Run.fast_forward=False (HF's padded forward, the reference) gives
+    the same losses, grad norm and P("Yes") as the packed forward, up to float32 rounding; two
+    micro-batches, the second starting inside a group."""
+    from types import SimpleNamespace
+
+    from rlvfast.train.config import TrainConfig
+
+    g = torch.Generator().manual_seed(4)
+    samples = [Sample([[11, 12, 13, 14, 15], [21, 22, 23]][i // 3], [[40, 41, 1], [42, 43, 44, 45], [1]][i % 3],
+                      -torch.rand(len([[40, 41, 1], [42, 43, 44, 45], [1]][i % 3]), generator=g),
+                      advantage=[0.5, -1.0, 0.3, 1.1, -0.4, 0.2][i], token_weight=0.1,
+                      label_id=99 if i % 2 else 100, label_weight=1 / 6) for i in range(6)]
+    config = TrainConfig(model=str(micro_path), out="unused", group_size=3, prompts_per_step=2, micro_batch=4,
+                         max_new_tokens=4, lr=1e-2, eval_problems=0)
+    sampler = SimpleNamespace(verify_ids=[60, 61], eos_ids=[1], yes_id=99, no_id=100)
+    calls = []
+    real_read_hidden = train_forward.read_hidden
+    monkeypatch.setattr(train_forward, "read_hidden", lambda *a: calls.append(1) or real_read_hidden(*a))
+    results = {}
+    for fast in (True, False):
+        model, _ = load_model(micro_path)
+        run = train_mod.Run(config, model, SimpleNamespace(pad_token_id=0), sampler,
+                            torch.optim.AdamW(model.parameters(), lr=1e-2), None, None, config.loss_config(), None,
+                            torch.device("cpu"), fast_forward=fast)
+        results[fast] = train_mod.update(run, samples)
+        assert len(calls) == 2  # the packed forward ran for both micro-batches, then never again
+    fast, hf = results[True], results[False]
+    assert not fast["skipped"] and not hf["skipped"] and fast["num_train_tokens"] == hf["num_train_tokens"] == 16
+    for key in ("loss", "loss/policy", "loss/verifier", "grad_norm", "old_logprob_abs_diff"):
+        assert fast[key] == pytest.approx(hf[key], rel=1e-5), key
+    assert len(fast["p_yes"]) == 6 and fast["p_yes"] == pytest.approx(hf["p_yes"], rel=1e-5)

@@ -1,0 +1,107 @@
+"""A step's rollouts, from problems to what the update and the log need.
+
+`problems_for_step` and `step_seed` say what a step samples (both functions of the seed and the
+step only, so a resumed run samples the same); `score_rollouts` grades the completions (the
+time-limited grader, or a custom reward function whose output is checked here); `to_samples`
+turns them into the loss's `Sample`s (advantages, token and label weights from
+`rlvfast.train.loss`); `rollout_metrics` and `verifier_step_metrics` are their metrics.jsonl
+columns. Not here: sampling itself (the Sampler), the loss math (`rlvfast.train.loss`), the update.
+"""
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import torch
+
+from rlvfast.cli import UserError
+from rlvfast.eval.scaling import verifier_metrics
+from rlvfast.tasks.problems import Problem
+from rlvfast.train.config import TrainConfig
+from rlvfast.train.loss import (YES_THRESHOLD, Sample, compute_advantages, sequence_token_weights,
+                                verifier_label_weights, verifier_labels)
+
+
+def problems_for_step(problems: list[Problem], step: int, num: int, seed: int) -> list[Problem]:
+    """Epoch-wise shuffled stream: position step*num onwards; the order depends only on the seed."""
+    out = []
+    for position in range(step * num, (step + 1) * num):
+        epoch, index = divmod(position, len(problems))
+        order = random.Random(f"{seed}:{epoch}").sample(range(len(problems)), len(problems))
+        out.append(problems[order[index]])
+    return out
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of a step."""
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**31 - 1)
+
+
+def score_rollouts(outputs, problems: list[Problem], prompts: list[str], grader, reward_fn):
+    """(rewards list[float | None], num_timeouts, num_errors) for every completion in order."""
+    completions = [c for o in outputs for c in o.completions]
+    per_sample = [p for p, o in zip(problems, outputs) for _ in o.completions]
+    if reward_fn is None:
+        results = grader.grade_batch([c.text for c in completions], [p.answer for p in per_sample])
+        return ([1.0 if r.correct else 0.0 for r in results], sum(r.status == "timeout" for r in results),
+                sum(r.status == "error" for r in results))
+    columns = {"answer": [p.answer for p in per_sample], "problem": [p.problem for p in per_sample],
+               "id": [p.id for p in per_sample]}
+    rewards = reward_fn(prompts=[pr for pr, o in zip(prompts, outputs) for _ in o.completions],
+                        completions=[c.text for c in completions],
+                        completion_ids=[list(c.token_ids) for c in completions], **columns)
+    return _checked_rewards(rewards, len(completions), getattr(reward_fn, "__qualname__", repr(reward_fn))), 0, 0
+
+
+def _checked_rewards(rewards, num_completions: int, name: str) -> list[float | None]:
+    """A custom reward function's output as floats, or a UserError naming the bad value."""
+    if len(rewards) != num_completions:
+        raise UserError(f"--reward {name} returned {len(rewards)} rewards for {num_completions} completions")
+    out = []
+    for i, r in enumerate(rewards):
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)):
+            raise UserError(f"--reward {name} returned {r!r} for completion {i}; expected a finite float or None")
+        out.append(None if r is None else float(r))
+    if all(r is None for r in out):  # the same text each time: Python shows it once
+        warnings.warn(f"--reward {name} returned None for every completion of a step: that step trains "
+                      f"nothing (no policy gradient, no verifier label)", stacklevel=3)
+    return out
+
+
+def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id: int, no_id: int) -> list[Sample]:
+    """One `Sample` per completion, in order: its ids and old log-probs as sampled, its group-relative
+    advantage, its token weight (`config.loss_agg`) and its verifier label and weight."""
+    completions = [c for o in outputs for c in o.completions]
+    advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
+    lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
+    token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
+    label_weights = verifier_label_weights(is_valid)  # (B,)
+    labels = verifier_labels(rewards, yes_id, no_id)
+    return [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
+                   float(token_weights[i]), labels[i], float(label_weights[i]))
+            for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]
+
+
+def rollout_metrics(rewards: list[float | None], completions, group_size: int) -> dict:
+    """Reward, its spread within groups, completion lengths, truncations, entropy, None rewards."""
+    valid = torch.tensor([math.nan if r is None else r for r in rewards]).view(-1, group_size)  # (P, G)
+    group_std = torch.tensor([g[~g.isnan()].std().item() if (~g.isnan()).sum() > 1 else 0.0 for g in valid])
+    lengths = [len(c.token_ids) for c in completions]
+    return {"reward": float(valid.nanmean()) if (~valid.isnan()).any() else None,
+            "reward_std": float(group_std.mean()), "frac_reward_zero_std": float((group_std == 0).float().mean()),
+            "completions/mean_length": sum(lengths) / len(lengths),
+            "completions/clipped_ratio": sum(c.finish_reason == "length" for c in completions) / len(completions),
+            # the sampled-token estimate of the policy entropy (TRL computes it exactly from full logits)
+            "entropy": -float(torch.cat([c.logprobs for c in completions]).mean()),
+            "rewards/none": sum(r is None for r in rewards)}
+
+
+def verifier_step_metrics(scores: list[float | None], rewards: list[float | None]) -> dict:
+    """The verifier on the step's fresh samples, before the update: accuracy and balanced accuracy
+    of P("Yes") >= 0.5 against the label the loss trains (reward >= YES_THRESHOLD), by
+    `rlvfast.eval.scaling.verifier_metrics`. Samples without a reward or a score do not count;
+    None when no sample counts (both) or when they hold one class only (balanced accuracy)."""
+    pairs = [(s, r >= YES_THRESHOLD) for s, r in zip(scores, rewards) if r is not None and s is not None]
+    result = verifier_metrics([s for s, _ in pairs], [label for _, label in pairs])
+    return {"verifier/accuracy": result["accuracy"], "verifier/balanced_accuracy": result["balanced_accuracy"]}
