@@ -6,8 +6,9 @@ import random
 import pytest
 
 from rlvfast.eval.plots import plot_parallel, plot_sequential
-from rlvfast.eval.scaling import (Budget, Pool, auc, efficiency, format_report, k_grid, parallel_accuracy,
-                             sequential, subsets, summarize, verifier_metrics)
+from rlvfast.eval.report import format_report
+from rlvfast.eval.scaling import (Budget, Pool, auc, efficiency, k_grid, parallel_accuracy, sequential, subsets,
+                                  summarize, verifier_metrics)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
