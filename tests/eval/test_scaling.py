@@ -1,5 +1,5 @@
 """Scaling metrics on hand-built pools: accuracy at k, efficiency, verifier metrics, sequential, plots
-(the printed table: tests/eval/test_report.py)."""
+(the printed table: tests/eval/test_eval_report.py)."""
 import itertools
 import math
 import random
