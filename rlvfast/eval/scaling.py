@@ -20,7 +20,7 @@ dicts for `results.json`:
 - sequential scaling: per problem, stop at the first length budget whose weighted-vote
   confidence (winning answer's score / all samples' score) reaches the threshold.
 
-No model, sampling, grading or file I/O here.
+No model, sampling, grading, file I/O or printing here (the table: `rlvfast.eval.report`).
 """
 from __future__ import annotations
 
