@@ -1,7 +1,10 @@
-"""Test-time scaling: `python -m rlvfast.eval`.
+"""Test-time scaling: `python -m rlvfast.eval`, and the evaluation the trainer's table runs.
 
 `voting` (majority, verifier-weighted, Best-of-N, pass@k), `scaling` (accuracy at k over random
-subsets, compute efficiency, verifier metrics, sequential scaling), `plots`, and `run` (the
-command: sample, score, grade, resume, report). Uses the sampler and the tasks through their
-public functions; knows nothing of training.
+subsets, compute efficiency, verifier metrics, sequential scaling: the math only), `samples`
+(the one evaluation path: sample with a Sampler, grade, records, Pools; `python -m rlvfast.eval`
+and the trainer's end-of-run table both run it), `report` (the printed forms: the eval table
+and the trainer's per-split table), `storage` (files in OUT/), `plots`, `options` (the flags)
+and `run` (the command: sample, judge, budgets, resume, report). Uses the sampler and the
+tasks through their public functions; imports nothing from training.
 """

@@ -20,7 +20,7 @@ dicts for `results.json`:
 - sequential scaling: per problem, stop at the first length budget whose weighted-vote
   confidence (winning answer's score / all samples' score) reaches the threshold.
 
-No model, sampling, grading or file I/O here.
+No model, sampling, grading, file I/O or printing here (the table: `rlvfast.eval.report`).
 """
 from __future__ import annotations
 
@@ -244,52 +244,3 @@ def summarize(pools: Sequence[Pool], num_trials: int = 100, seed: int = 0,
     difficulties = sorted({p.difficulty for p in pools if p.difficulty is not None})
     results["by_difficulty"] = {d: block([p for p in pools if p.difficulty == d]) for d in difficulties}
     return results
-
-
-def format_report(results: dict) -> str:
-    """The printed table: accuracy at k per method, efficiency, verifier, sequential, per difficulty."""
-    lines = [_format_block(results, "all problems")]
-    for name, block in results.get("by_difficulty", {}).items():
-        if len(results["by_difficulty"]) > 1:
-            lines.append(_format_block(block, f"difficulty {name}"))
-    return "\n\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "  -  " if value is None else f"{value:.3f}"
-
-
-def _ratio_cell(row: dict) -> str:
-    """An efficiency row's ratio as printed: "2x", ">4x", or "n/a" (no ratio has meaning)."""
-    return row["ratio_text"] if row["ratio_text"] == "n/a" else f"{row['ratio_text']}x"
-
-
-def _format_block(block: dict, title: str) -> str:
-    parallel = block["parallel"]
-    ks = list(parallel["pass"])
-    lines = [f"== {title}: {block['num_problems']} problems x {block['n']} samples "
-             f"({block['mean_tokens_per_sample']:.1f} tokens/sample) ==",
-             f"{'k':>16}" + "".join(f"{k:>8}" for k in ks)]
-    lines += [f"{method:>16}" + "".join(f"{values[k]:>8.3f}" for k in ks) for method, values in parallel.items()]
-    for key, label in (("efficiency", "weighted"), ("judge_efficiency", "judge_weighted")):
-        if key in block:
-            lines.append(f"{'efficiency':>16}: majority k'/k to match {label}@k: "
-                         + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block[key]))
-    if "vs_baseline" in block:
-        lines.append(f"{'vs baseline':>16}: baseline majority k'/k to match this weighted@k: "
-                     + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block["vs_baseline"]["efficiency"]))
-    for key in ("verifier", "judge"):
-        if key in block:
-            v = block[key]
-            lines.append(f"{key:>16}: accuracy@{v['threshold']:g} {_fmt(v['accuracy'])}  balanced "
-                         f"{_fmt(v['balanced_accuracy'])}  AUC {_fmt(v['auc'])}  "
-                         f"({v['num_correct']}/{v['num_samples']} samples correct)")
-    if "sequential" in block:
-        seq = block["sequential"]
-        for L, row in seq["fixed"].items():
-            lines.append(f"{'length ' + L:>16}: weighted {row['accuracy']:.3f}  majority "
-                         f"{row['majority_accuracy']:.3f}  tokens/problem {row['mean_tokens']:.1f}")
-        for t, row in seq["threshold"].items():
-            lines.append(f"{'threshold ' + t:>16}: weighted {row['accuracy']:.3f}  tokens/problem "
-                         f"{row['mean_tokens']:.1f}  stops {row['stops']}")
-    return "\n".join(lines)

@@ -196,6 +196,22 @@ def test_bad_arguments_name_the_value(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "argument --n: expected a positive integer, got '0'"),
+    (["--data", "synthetic:impossible"], "--data 'synthetic:impossible': "),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_argparse_errors_name_the_command_as_other_errors_do(tmp_path, capsys, argv, message):
+    """`rlvfast.eval: error: ...` (as UserError lines), exit 2; the usage keeps `python -m rlvfast.eval`."""
+    base = ["--model", str(tmp_path), "--out", str(tmp_path / "o"), "--data", "synthetic"]
+    with pytest.raises(SystemExit) as exit_info:
+        rlv_eval.parse_args(base + argv)
+    assert exit_info.value.code == 2
+    usage, *_, error = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: python -m rlvfast.eval ")
+    assert error.startswith(f"rlvfast.eval: error: {message}"), error
+
+
 def test_tiny_model_run_writes_every_output(tmp_path, tiny_model_dir):
     """The real Sampler on a random tiny model, judge and sequential budgets included."""
     results, out = _run(tmp_path, tiny_model_dir, "--data", "synthetic:ops=2,digits=1", "--num-problems", "2",

@@ -1,4 +1,5 @@
-"""Scaling metrics on hand-built pools: accuracy at k, efficiency, verifier metrics, sequential, plots."""
+"""Scaling metrics on hand-built pools: accuracy at k, efficiency, verifier metrics, sequential, plots
+(the printed table: tests/eval/test_eval_report.py)."""
 import itertools
 import math
 import random
@@ -6,8 +7,9 @@ import random
 import pytest
 
 from rlvfast.eval.plots import plot_parallel, plot_sequential
-from rlvfast.eval.scaling import (Budget, Pool, auc, efficiency, format_report, k_grid, parallel_accuracy,
-                             sequential, subsets, summarize, verifier_metrics)
+from rlvfast.eval.report import format_report
+from rlvfast.eval.scaling import (Budget, Pool, auc, efficiency, k_grid, parallel_accuracy, sequential, subsets,
+                                  summarize, verifier_metrics)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -76,19 +78,6 @@ def test_efficiency_has_no_ratio_when_there_is_nothing_to_match():
     mixed = {"majority": {"1": 0.0, "2": 0.2, "4": 0.2}, "weighted": {"1": 0.0, "2": 0.2, "4": 0.5}}
     assert [(r["baseline_k"], r["ratio"], r["ratio_text"]) for r in efficiency(mixed, 4)] == [
         (None, None, "n/a"), (2, 1.0, "1"), (None, None, ">1")]
-
-
-def test_report_prints_na_for_pools_that_are_all_wrong():
-    pools = [_pool(p, ["7", "8", None, "7"], [False] * 4, [0.4, 0.9, 0.1, 0.3]) for p in ("a", "b")]
-    results = summarize(pools, num_trials=10)
-    assert results["parallel"]["weighted"] == {"1": 0.0, "2": 0.0, "4": 0.0}
-    assert [r["ratio"] for r in results["efficiency"]] == [None, None, None]
-    line = next(x for x in format_report(results).splitlines() if "efficiency" in x)
-    assert line.endswith("k=1: n/a  k=2: n/a  k=4: n/a"), line
-    parallel = {"pass": {"1": 0.3, "2": 0.6}, "majority": {"1": 0.3, "2": 0.4}, "weighted": {"1": 0.3, "2": 0.5}}
-    block = {"num_problems": 1, "n": 2, "mean_tokens_per_sample": 1.0, "parallel": parallel,
-             "efficiency": efficiency(parallel, 2)}
-    assert "k=1: 1x  k=2: >1x" in format_report(block)
 
 
 def _auc_pairs(scores, labels):
