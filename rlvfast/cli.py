@@ -6,11 +6,14 @@
 - SIGTERM (`timeout`, Slurm, `docker stop`) raises `SystemExit(143)` in the main thread,
   so `finally` blocks and `atexit` handlers run: grader pools shut down, locks are released.
 - Any other exception is a bug and keeps its traceback.
+- `CommandParser`: argparse whose error line reads like the others (`<prog>: error: ...`,
+  exit 2) while its usage line keeps `python -m <prog>`.
 
 Not here: what the commands do.
 """
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable
@@ -43,3 +46,17 @@ def run_command(main: Callable[[list[str] | None], int | None], prog: str,
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0 if status is None else int(status)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser for `python -m rlvfast.<command>`: usage names the module command,
+    the error line names the command as `run_command` does, and the status is 2."""
+
+    def __init__(self, command: str, **kwargs) -> None:
+        super().__init__(prog=f"python -m {command}", **kwargs)
+        self.command = command
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.command}: error: {message}\n")
+

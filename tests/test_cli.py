@@ -43,3 +43,15 @@ def test_sigterm_runs_finally_blocks():
         run_command(main, "p")
     assert exc.value.code == EXIT_SIGTERM and ran == ["finally"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_command_parser_errors_name_the_command(capsys):
+    from rlvfast.cli import CommandParser
+
+    parser = CommandParser("rlvfast.train")
+    parser.add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--n", "x"])
+    err = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2 and err[0].startswith("usage: python -m rlvfast.train")
+    assert err[-1] == "rlvfast.train: error: argument --n: invalid int value: 'x'"

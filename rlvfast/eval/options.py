@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from rlvfast.cli import EXIT_USAGE
+from rlvfast.cli import CommandParser
 
 PROG = "rlvfast.eval"  # the name on every error, warning and interruption line
 DESCRIPTION = "`python -m rlvfast.eval`: test-time scaling of one model on one data set."
@@ -63,15 +63,6 @@ _non_negative_float = _number(float, lambda v: not v < 0, "a number >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a number > 0")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose error line names the command as its other errors do: `rlvfast.eval:
-    error: ...` after the usage (which keeps `python -m rlvfast.eval`), exit status 2."""
-
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each default, except None: such a flag's help says what its absence means."""
 
@@ -80,7 +71,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m rlvfast.eval", description=DESCRIPTION,
+    p = CommandParser(PROG, description=DESCRIPTION,
                 formatter_class=_HelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model directory, .gguf file or hub id (org/name)")

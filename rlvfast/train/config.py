@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlvfast.cli import UserError
+from rlvfast.cli import CommandParser, UserError
 from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
@@ -277,8 +277,8 @@ def _number(value: str | int | float, expected: str) -> int | float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m rlvfast.train",
+    parser = CommandParser(
+        "rlvfast.train",
         description="RL^V: train one model as reasoner (GRPO / leave-one-out PPO / Dr.GRPO) and as "
                     "generative verifier of its own solutions (J = J_RL + lambda * J_verify). With no "
                     "arguments: the tiny built-in model on the synthetic arithmetic task, then a table "

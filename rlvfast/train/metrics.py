@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlvfast.train.report import _fmt
+from rlvfast.eval.report import ratio
 
 
 def finite_or_none(value: Any) -> Any:
@@ -38,10 +38,10 @@ def json_line(metrics: dict) -> str:
 def step_line(metrics: dict, num_steps: int) -> str:
     """One step in the log: `step 10/300  reward 0.531  loss/policy ...  1.23 s`."""
     seconds = sum(metrics.get(k, 0.0) for k in ("time/sampling", "time/grading", "time/update"))
-    parts = [f"step {metrics['step']}/{num_steps}", f"reward {_fmt(metrics['reward'])}"]
-    parts += [f"{k} {_fmt(metrics.get(k))}" for k in ("loss/policy", "loss/verifier")]
-    parts.append(f"verifier accuracy {_fmt(metrics['verifier/accuracy'])} "
-                 f"(balanced {_fmt(metrics['verifier/balanced_accuracy'])})")
+    parts = [f"step {metrics['step']}/{num_steps}", f"reward {ratio(metrics['reward'])}"]
+    parts += [f"{k} {ratio(metrics.get(k))}" for k in ("loss/policy", "loss/verifier")]
+    parts.append(f"verifier accuracy {ratio(metrics['verifier/accuracy'])} "
+                 f"(balanced {ratio(metrics['verifier/balanced_accuracy'])})")
     if metrics.get("skipped"):
         parts.append(f"skipped ({metrics['num_bad_steps']} in a row)")
     return "  ".join(parts + [f"{seconds:.2f} s"])
@@ -50,7 +50,7 @@ def step_line(metrics: dict, num_steps: int) -> str:
 def show_step(bar, metrics: dict, num_steps: int, log_every: int, log) -> None:
     """The step's reward and verifier accuracy on the progress bar; without a terminal (no bar:
     a log file, CI) a `step_line` every `log_every` steps and at the last step (0 = never)."""
-    bar.set_postfix(reward=_fmt(metrics["reward"]), vacc=_fmt(metrics["verifier/balanced_accuracy"]),
+    bar.set_postfix(reward=ratio(metrics["reward"]), vacc=ratio(metrics["verifier/balanced_accuracy"]),
                     refresh=False)
     step = metrics["step"]
     if bar.disable and log_every and (step % log_every == 0 or step == num_steps):

@@ -9,7 +9,6 @@ the path `python -m rlvfast.eval` runs too; the printed table is `rlvfast.eval.r
 from __future__ import annotations
 
 from rlvfast.eval.report import BEST_OF_N_NOTE, format_table
-from rlvfast.eval.report import ratio as _fmt  # noqa: F401 (the trainer's progress lines use it)
 from rlvfast.tasks.problems import Problem
 from rlvfast.train.config import TrainConfig
 

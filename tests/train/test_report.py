@@ -117,6 +117,8 @@ def test_format_table_line_for_line():
     ]
 
 
-def test_fmt_rules():
-    assert [report._fmt(v) for v in (0.5, 1 / 3, 0.0, None, float("nan"))] == ["0.500", "0.333", "0.000", "n/a", "n/a"]
-    assert report._fmt(None, "-") == "-" and report._fmt(0.25, "-") == "0.250"
+def test_number_format_rules():
+    from rlvfast.eval.report import ratio
+
+    assert [ratio(v) for v in (0.5, 1 / 3, 0.0, None, float("nan"))] == ["0.500", "0.333", "0.000", "n/a", "n/a"]
+    assert ratio(None, "-") == "-" and ratio(0.25, "-") == "0.250"
