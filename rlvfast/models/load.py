@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -137,19 +139,39 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = os.fspath(path)
-    if not is_local_path(spec):
-        tokenizer, model = _load_hub(spec)
-    elif spec.endswith(".gguf"):
-        tokenizer, model = _load_gguf(Path(spec))
-    elif not os.path.isdir(spec):
-        problem = "is not a folder" if os.path.exists(spec) else "not found"
-        raise UserError(f"model path {problem}: {spec} (expected a save_pretrained folder, a .gguf file "
-                        f"or a hub id such as Qwen/Qwen2.5-0.5B-Instruct)")
-    else:
-        _check_model_dir(Path(spec))
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    with transformers_bars(sys.stderr.isatty()):  # a log file gets no loading bars
+        if not is_local_path(spec):
+            tokenizer, model = _load_hub(spec)
+        elif spec.endswith(".gguf"):
+            tokenizer, model = _load_gguf(Path(spec))
+        elif not os.path.isdir(spec):
+            problem = "is not a folder" if os.path.exists(spec) else "not found"
+            raise UserError(f"model path {problem}: {spec} (expected a save_pretrained folder, a .gguf file "
+                            f"or a hub id such as Qwen/Qwen2.5-0.5B-Instruct)")
+        else:
+            _check_model_dir(Path(spec))
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
     model = model.to(device)
     model.eval()
     yes_no_ids(tokenizer)
     return model, tokenizer
+
+
+@contextmanager
+def transformers_bars(enabled: bool):
+    """transformers' progress bars (loading, "Writing model shards") on or off inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    def switch(on: bool) -> None:
+        if on:
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.disable_progress_bar()
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    switch(enabled)
+    try:
+        yield
+    finally:
+        switch(was_enabled)

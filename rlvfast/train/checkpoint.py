@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +84,13 @@ def _make_temp_dir(prefix: str, parent: Path) -> Path:
 
 
 def _write_model_dir(path: Path, model, tokenizer) -> None:
-    from rlvfast.models import share_files
+    from rlvfast.models import share_files, transformers_bars
 
-    with _no_transformers_bars():
+    with transformers_bars(False):  # no "Writing model shards" bar per checkpoint in a log
         model.save_pretrained(path, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
     share_files(path)
-
-
-@contextmanager
-def _no_transformers_bars():
-    """No "Writing model shards" bar per checkpoint (one bar line each in a log file)."""
-    from transformers.utils import logging as hf_logging
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def rng_state() -> dict[str, Any]:

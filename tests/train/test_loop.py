@@ -382,7 +382,9 @@ def test_step_lines_when_output_is_not_a_terminal(micro_dir, tmp_path, capsys):
     for key in ("reward ", "loss/policy ", "loss/verifier ", "verifier accuracy ", "(balanced "):
         assert key in steps[0], key
     assert steps[0].endswith(" s")
-    assert "Writing model shards" not in capsys.readouterr().err  # three checkpoints and the final model
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err  # three checkpoints and the final model
+    assert "Loading weights" not in err  # the model loads without a bar in a log
 
 
 def test_a_reward_of_only_none_warns(micro_dir, tmp_path, rewards_module):
