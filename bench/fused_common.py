@@ -3,7 +3,8 @@
 The shape (RLVFAST_BENCH_SHAPE: "small" by default, "target" for the issue's N=4096,
 H=896, V=151936, or "N,H,V"), float32 inputs, and the peak extra resident memory of one
 case measured in a fresh subprocess (Linux: /proc/self/clear_refs resets VmHWM, then
-VmHWM - VmRSS around one call). Holds no op math: the benchmarks import the one reference
+VmHWM - VmRSS around one call), and time_case, the body each op's benchmark test shares
+(skip, extra_info, timing). Holds no op math: the benchmarks import the one reference
 from rlvfast.ops.reference and the kernels from rlvfast.ops.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -115,6 +117,23 @@ def peak_extra_mib(bench_file: str, case: str, shape: Shape) -> float | None:
     if out.returncode != 0:
         raise RuntimeError(f"memory run of {case} failed:\n{out.stderr[-3000:]}")
     return round(json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_bytes"] / 2**20, 1)
+
+
+def time_case(benchmark, bench_file: str, make_case, case: str, shape: Shape, *, rounds: int,
+              warmup_rounds: int, **info) -> None:
+    """Times make_case(case, shape)() with pytest-benchmark: the body of each op's benchmark test.
+
+    Skips the "cpp" case where rlvfast._C is not built. extra_info gets info (the shape as
+    the benchmark names it), the dtype, the thread count and the case's peak extra memory
+    (peak_extra_mib, from a fresh subprocess that imports make_case from bench_file).
+    """
+    from rlvfast import ops
+    if case == "cpp" and "cpp" not in ops.available_backends("cpu"):
+        pytest.skip("rlvfast._C is not built")
+    fn = make_case(case, shape)
+    benchmark.extra_info.update(**info, dtype="float32", threads=torch.get_num_threads(),
+                                peak_extra_mib=peak_extra_mib(bench_file, case, shape))
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
 
 
 def has_module(name: str) -> bool:

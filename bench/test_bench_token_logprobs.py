@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fused_common import Shape, bench_rounds, bench_shape, lm_head_inputs, mem_available_bytes, peak_extra_mib
+from fused_common import Shape, bench_rounds, bench_shape, lm_head_inputs, mem_available_bytes, time_case
 from rlvfast import ops
 from rlvfast.ops import reference
 
@@ -45,11 +45,7 @@ def make_case(name: str, shape: Shape):
 @pytest.mark.parametrize("case", CASES)
 def test_token_logprobs_fwd_bwd(benchmark, case):
     shape = bench_shape()
-    if case == "cpp" and "cpp" not in ops.available_backends("cpu"):
-        pytest.skip("rlvfast._C is not built")
     if case == "plain" and mem_available_bytes() < 6 * shape.logits_bytes:
         pytest.skip(f"plain way needs ~{5 * shape.logits_bytes / 2**30:.1f} GiB free")
-    fn = make_case(case, shape)
-    benchmark.extra_info.update(n=shape.n, h=shape.h, v=shape.v, dtype="float32", threads=torch.get_num_threads(),
-                                peak_extra_mib=peak_extra_mib(__file__, case, shape))
-    benchmark.pedantic(fn, rounds=bench_rounds(), iterations=1, warmup_rounds=0)
+    time_case(benchmark, __file__, make_case, case, shape, rounds=bench_rounds(), warmup_rounds=0,
+              n=shape.n, h=shape.h, v=shape.v)

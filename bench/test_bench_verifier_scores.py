@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fused_common import Shape, bench_rounds, bench_shape, lm_head_inputs, peak_extra_mib
+from fused_common import Shape, bench_rounds, bench_shape, lm_head_inputs, time_case
 from rlvfast import ops
 from rlvfast.ops import reference
 
@@ -39,9 +39,5 @@ def make_case(name: str, shape: Shape):
 @pytest.mark.parametrize("case", CASES)
 def test_verifier_scores_forward(benchmark, case):
     shape = bench_shape()
-    if case == "cpp" and "cpp" not in ops.available_backends("cpu"):
-        pytest.skip("rlvfast._C is not built")
-    fn = make_case(case, shape)
-    benchmark.extra_info.update(b=min(shape.n, MAX_BATCH), h=shape.h, v=shape.v, dtype="float32",
-                                peak_extra_mib=peak_extra_mib(__file__, case, shape))
-    benchmark.pedantic(fn, rounds=max(3, bench_rounds()), iterations=1, warmup_rounds=1)
+    time_case(benchmark, __file__, make_case, case, shape, rounds=max(3, bench_rounds()), warmup_rounds=1,
+              b=min(shape.n, MAX_BATCH), h=shape.h, v=shape.v)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from rlvfast.kernels.token_logprobs import (
-    LmHeadOperands, _row_lse, _write_row_grad, acc_dtype, block_v, check_head_config, chunk_rows_for, num_warps_for,
+    LmHeadOperands, _row_logprob, _write_row_grad, acc_dtype, block_v, check_head_config, chunk_rows_for, num_warps_for,
 )
 
 
@@ -50,13 +50,8 @@ def _policy_loss_kernel(
     BLOCK_V: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs
 ):
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_row
-    inv_t = 1.0 / tl.cast(temperature, ACC)
-    lse = _row_lse(row_ptr, n_cols, inv_t, BLOCK_V, ACC)
-    target = tl.load(targets_ptr + row)
-    lp = tl.load(row_ptr + target).to(ACC) * inv_t - lse
-
+    row, row_ptr, inv_t, target, lse, lp = _row_logprob(logits_ptr, targets_ptr, stride_row, n_cols, temperature,
+                                                        BLOCK_V, ACC)
     adv = tl.load(advantages_ptr + row).to(ACC)
     w = tl.load(weights_ptr + row).to(ACC)
     ratio = tl.exp(lp - tl.load(old_logprobs_ptr + row).to(ACC))

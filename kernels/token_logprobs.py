@@ -41,17 +41,44 @@ MAX_BLOCK_V = 4096
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _row_lse(row_ptr, n_cols, inv_temperature, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
-    """log sum_j exp(row_j * inv_temperature), streamed over BLOCK_V blocks."""
-    m = tl.full((), float("-inf"), ACC)  # running max
-    s = tl.zeros((), ACC)  # running sum of exp(z - m)
+def _online_lse(row_ptr, n_cols, inv_temperature, m, s, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+    """Folds z_j = row_j * inv_temperature, j < n_cols, into a running (m, s) and returns it.
+
+    m: running max of z, s: running sum of exp(z - m) (-inf and 0 before any column);
+    streamed over BLOCK_V blocks. verifier_scores.py carries (m, s) across vocabulary chunks.
+    """
     for start in range(0, n_cols, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         z = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(ACC) * inv_temperature
         m_new = tl.maximum(m, tl.max(z, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
+    return m, s
+
+
+@triton.jit
+def _row_lse(row_ptr, n_cols, inv_temperature, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
+    """log sum_j exp(row_j * inv_temperature), streamed over BLOCK_V blocks."""
+    m, s = _online_lse(row_ptr, n_cols, inv_temperature, tl.full((), float("-inf"), ACC), tl.zeros((), ACC),
+                       BLOCK_V, ACC)
     return m + tl.log(s)
+
+
+@triton.jit
+def _row_logprob(logits_ptr, targets_ptr, stride_row, n_cols, temperature, BLOCK_V: tl.constexpr,
+                 ACC: tl.constexpr):
+    """The prologue of a one-program-per-row lm-head kernel over a [C, V] logit chunk.
+
+    Returns (row, row_ptr, inv_t, target, lse, lp): this program's row and its logits,
+    1 / T, the row's target id, lse = log sum_j exp(z_j) and lp = z_target - lse, z = row / T.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    inv_t = 1.0 / tl.cast(temperature, ACC)
+    lse = _row_lse(row_ptr, n_cols, inv_t, BLOCK_V, ACC)
+    target = tl.load(targets_ptr + row)
+    lp = tl.load(row_ptr + target).to(ACC) * inv_t - lse
+    return row, row_ptr, inv_t, target, lse, lp
 
 
 @triton.jit
@@ -82,13 +109,8 @@ def _logprobs_fwd_kernel(
     BLOCK_V: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs
 ):
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_row
-    inv_t = 1.0 / tl.cast(temperature, ACC)
-    lse = _row_lse(row_ptr, n_cols, inv_t, BLOCK_V, ACC)
-    target = tl.load(targets_ptr + row)
-    z_target = tl.load(row_ptr + target).to(ACC) * inv_t
-    tl.store(logprobs_ptr + row, z_target - lse)
+    row, _, _, _, lse, lp = _row_logprob(logits_ptr, targets_ptr, stride_row, n_cols, temperature, BLOCK_V, ACC)
+    tl.store(logprobs_ptr + row, lp)
     tl.store(lse_ptr + row, lse)
 
 

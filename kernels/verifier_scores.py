@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from rlvfast.kernels.token_logprobs import LmHeadOperands, acc_dtype, block_v, check_head_config, num_warps_for
+from rlvfast.kernels.token_logprobs import (
+    LmHeadOperands, _online_lse, acc_dtype, block_v, check_head_config, num_warps_for,
+)
 
 # At most this many vocabulary columns per logit chunk, and about CHUNK_ELEMS elements.
 MAX_CHUNK_COLS = 32768
@@ -47,14 +49,8 @@ def _lse_update_kernel(
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
     inv_t = 1.0 / tl.cast(temperature, ACC)
-    m = tl.load(max_ptr + row).to(ACC)
-    s = tl.load(sumexp_ptr + row).to(ACC)
-    for start in range(0, n_cols, BLOCK_V):
-        cols = start + tl.arange(0, BLOCK_V)
-        z = tl.load(row_ptr + cols, mask=cols < n_cols, other=float("-inf")).to(ACC) * inv_t
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
-        m = m_new
+    m, s = _online_lse(row_ptr, n_cols, inv_t, tl.load(max_ptr + row).to(ACC), tl.load(sumexp_ptr + row).to(ACC),
+                       BLOCK_V, ACC)
     tl.store(max_ptr + row, m)
     tl.store(sumexp_ptr + row, s)
 

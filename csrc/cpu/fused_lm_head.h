@@ -1,5 +1,6 @@
 // Shared pieces of the fused lm-head CPU kernels (token_logprobs, policy_loss,
-// verifier_scores): chunk sizing, the compute dtype, and the per-row softmax loops.
+// verifier_scores): chunk sizing, the compute dtype, the per-row softmax loops, and the
+// chunk loop they all run (for_each_logit_chunk).
 //
 // The kernels never hold the [N, V] logits: they take a chunk of rows, compute its
 // logits with one at::mm (MKL/oneDNN), run the row loops below over it in place
@@ -146,5 +147,47 @@ inline at::Tensor chunk_logits(at::Tensor& buf, const at::Tensor& hidden, const 
   at::mm_out(logits, hidden.narrow(0, start, rows), weight.t());
   return logits;
 }
+
+// One vocabulary chunk's raw logits [N, cols] = hidden @ weight[start:start + cols]^T, in
+// the front of buf.
+inline at::Tensor column_chunk_logits(at::Tensor& buf, const at::Tensor& hidden,
+                                      const at::Tensor& weight, int64_t start, int64_t cols) {
+  const int64_t num_rows = hidden.size(0);
+  auto logits = buf.narrow(0, 0, num_rows * cols).view({num_rows, cols});  // (N, cols)
+  at::mm_out(logits, hidden, weight.narrow(0, start, cols).t());
+  return logits;
+}
+
+// How the logits are cut: kRows, chunks of whole rows [start, start + size) of hidden
+// (token_logprobs, policy_loss); kCols, every row's slice of the vocabulary columns
+// [start, start + size) (verifier_scores' streaming log-sum-exp).
+enum class ChunkAxis { kRows, kCols };
+
+// The chunk loop of the CPU ops: for each chunk of `chunk` rows (or columns), its raw
+// logits go into one reused buffer (one GEMM), then row_fn(start, r, z, n) runs for every
+// row r of the chunk's logits in parallel (z: that row's n entries, writable in place;
+// the hidden row is start + r for kRows, r for kCols), then chunk_fn(start, logits) runs
+// once, serially (the gradient GEMMs). hidden and weight: contiguous, scalar_t.
+template <typename scalar_t, typename RowFn, typename ChunkFn>
+void for_each_logit_chunk(const at::Tensor& hidden, const at::Tensor& weight, ChunkAxis axis,
+                          int64_t chunk, const RowFn& row_fn, const ChunkFn& chunk_fn) {
+  const bool by_rows = axis == ChunkAxis::kRows;
+  const int64_t total = by_rows ? hidden.size(0) : weight.size(0);
+  auto buf = at::empty({chunk * (by_rows ? weight.size(0) : hidden.size(0))}, hidden.options());
+  for (int64_t start = 0; start < total; start += chunk) {
+    const int64_t size = std::min(chunk, total - start);
+    auto logits = by_rows ? chunk_logits(buf, hidden, weight, start, size)
+                          : column_chunk_logits(buf, hidden, weight, start, size);  // (rows, cols)
+    scalar_t* lg = logits.data_ptr<scalar_t>();
+    const int64_t cols = logits.size(1);
+    at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) row_fn(start, r, lg + r * cols, cols);
+    });
+    chunk_fn(start, logits);
+  }
+}
+
+// for_each_logit_chunk with nothing to do after each chunk's rows.
+constexpr auto no_chunk_step = [](int64_t, const at::Tensor&) {};
 
 }  // namespace rlvfast::fused

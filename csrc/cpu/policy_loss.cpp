@@ -100,7 +100,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
   auto grad_h = need_grad_hidden ? at::empty({num_rows, dim}, h.options()) : at::empty({0}, h.options());
   auto grad_w = need_grad_weight ? at::zeros({vocab, dim}, h.options()) : at::empty({0}, h.options());
   const int64_t chunk = resolve_chunk_rows(chunk_rows, num_rows, vocab, h.element_size());
-  auto buf = at::empty({chunk * vocab}, h.options());
   const double inv_t = 1.0 / temperature;
   const ClipBand band{1.0 - clip_low, 1.0 + clip_high};
   std::vector<char> has_grad(chunk);  // per row of the chunk: nonzero d loss / d lp
@@ -111,28 +110,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
   double* lossp = token_loss.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(ct, "policy_loss_fwd_cpu", [&] {
     scalar_t* lp_out = logprobs.data_ptr<scalar_t>();
-    for (int64_t start = 0; start < num_rows; start += chunk) {
-      const int64_t rows = std::min(chunk, num_rows - start);
-      auto logits = chunk_logits(buf, h, w, start, rows);  // (rows, V), becomes G
-      scalar_t* lg = logits.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t i = start + r;
-          scalar_t* z = lg + r * vocab;
-          const double lse = row_lse(z, vocab, inv_t);
-          const double lp = static_cast<double>(z[tp[i]]) * inv_t - lse;
-          lp_out[i] = static_cast<scalar_t>(lp);
-          const auto [loss, grad] = clipped_loss_and_grad(lp, oldp[i], advp[i], band);
-          lossp[i] = wtp[i] * loss;
-          const double g_lp = wtp[i] * grad;
-          has_grad[r] = g_lp != 0.0;
-          if (need_grad && has_grad[r]) row_logit_grad(z, vocab, tp[i], inv_t, lse, g_lp, 0.0);
-        }
-      });
-      if (need_grad) grad_gemms(logits, h.narrow(0, start, rows), w, has_grad,
-                                need_grad_hidden ? grad_h.narrow(0, start, rows) : at::Tensor(),
+    auto row_fn = [&](int64_t start, int64_t r, scalar_t* z, int64_t n) {  // z becomes G
+      const int64_t i = start + r;
+      const double lse = row_lse(z, n, inv_t);
+      const double lp = static_cast<double>(z[tp[i]]) * inv_t - lse;
+      lp_out[i] = static_cast<scalar_t>(lp);
+      const auto [loss, grad] = clipped_loss_and_grad(lp, oldp[i], advp[i], band);
+      lossp[i] = wtp[i] * loss;
+      const double g_lp = wtp[i] * grad;
+      has_grad[r] = g_lp != 0.0;
+      if (need_grad && has_grad[r]) row_logit_grad(z, n, tp[i], inv_t, lse, g_lp, 0.0);
+    };
+    auto chunk_fn = [&](int64_t start, at::Tensor& grads) {  // (rows, V)
+      if (need_grad) grad_gemms(grads, h.narrow(0, start, grads.size(0)), w, has_grad,
+                                need_grad_hidden ? grad_h.narrow(0, start, grads.size(0)) : at::Tensor(),
                                 need_grad_weight ? grad_w : at::Tensor());
-    }
+    };
+    for_each_logit_chunk<scalar_t>(h, w, ChunkAxis::kRows, chunk, row_fn, chunk_fn);
   });
   auto loss = token_loss.sum().to(ct);  // () summed in double, in token order
   return {loss, logprobs, grad_h, grad_w};

@@ -32,26 +32,18 @@ std::tuple<at::Tensor, at::Tensor> token_logprobs_fwd_cpu(const at::Tensor& hidd
   auto logprobs = at::empty({num_rows}, h.options());
   auto lse = at::empty({num_rows}, h.options());
   const int64_t chunk = resolve_chunk_rows(chunk_rows, num_rows, vocab, h.element_size());
-  auto buf = at::empty({chunk * vocab}, h.options());
   const double inv_t = 1.0 / temperature;
   const int64_t* tp = t.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(ct, "token_logprobs_fwd_cpu", [&] {
     scalar_t* lp_out = logprobs.data_ptr<scalar_t>();
     scalar_t* lse_out = lse.data_ptr<scalar_t>();
-    for (int64_t start = 0; start < num_rows; start += chunk) {
-      const int64_t rows = std::min(chunk, num_rows - start);
-      auto logits = chunk_logits(buf, h, w, start, rows);  // (rows, V)
-      const scalar_t* lg = logits.data_ptr<scalar_t>();
-      at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const scalar_t* z = lg + r * vocab;
-          const double row_lse_value = row_lse(z, vocab, inv_t);
-          lse_out[start + r] = static_cast<scalar_t>(row_lse_value);
-          lp_out[start + r] =
-              static_cast<scalar_t>(static_cast<double>(z[tp[start + r]]) * inv_t - row_lse_value);
-        }
-      });
-    }
+    auto row_fn = [&](int64_t start, int64_t r, const scalar_t* z, int64_t n) {
+      const double row_lse_value = row_lse(z, n, inv_t);
+      lse_out[start + r] = static_cast<scalar_t>(row_lse_value);
+      lp_out[start + r] =
+          static_cast<scalar_t>(static_cast<double>(z[tp[start + r]]) * inv_t - row_lse_value);
+    };
+    for_each_logit_chunk<scalar_t>(h, w, ChunkAxis::kRows, chunk, row_fn, no_chunk_step);
   });
   return {logprobs, lse};
 }
@@ -73,26 +65,22 @@ std::tuple<at::Tensor, at::Tensor> token_logprobs_bwd_cpu(
   auto grad_w = need_grad_weight ? at::zeros({vocab, dim}, h.options()) : at::empty({0}, h.options());
   if (need_grad_hidden || need_grad_weight) {
     const int64_t chunk = resolve_chunk_rows(chunk_rows, num_rows, vocab, h.element_size());
-    auto buf = at::empty({chunk * vocab}, h.options());
     const double inv_t = 1.0 / temperature;
     const int64_t* tp = t.data_ptr<int64_t>();
     const double* glp = g_lp.data_ptr<double>();
     const double* glse = g_lse.data_ptr<double>();
     const double* lsep = lse_d.data_ptr<double>();
     AT_DISPATCH_FLOATING_TYPES(ct, "token_logprobs_bwd_cpu", [&] {
-      for (int64_t start = 0; start < num_rows; start += chunk) {
-        const int64_t rows = std::min(chunk, num_rows - start);
-        auto logits = chunk_logits(buf, h, w, start, rows);  // (rows, V), becomes G
-        scalar_t* lg = logits.data_ptr<scalar_t>();
-        at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t r = begin; r < end; ++r) {
-            const int64_t i = start + r;
-            row_logit_grad(lg + r * vocab, vocab, tp[i], inv_t, lsep[i], glp[i], glse[i]);
-          }
-        });
-        if (need_grad_hidden) { auto out = grad_h.narrow(0, start, rows); at::mm_out(out, logits, w); }  // (rows, H)
-        if (need_grad_weight) grad_w.addmm_(logits.t(), h.narrow(0, start, rows));  // (V, H)
-      }
+      auto row_fn = [&](int64_t start, int64_t r, scalar_t* z, int64_t n) {  // z becomes G
+        const int64_t i = start + r;
+        row_logit_grad(z, n, tp[i], inv_t, lsep[i], glp[i], glse[i]);
+      };
+      auto chunk_fn = [&](int64_t start, const at::Tensor& grads) {  // (rows, V)
+        const int64_t rows = grads.size(0);
+        if (need_grad_hidden) { auto out = grad_h.narrow(0, start, rows); at::mm_out(out, grads, w); }  // (rows, H)
+        if (need_grad_weight) grad_w.addmm_(grads.t(), h.narrow(0, start, rows));  // (V, H)
+      };
+      for_each_logit_chunk<scalar_t>(h, w, ChunkAxis::kRows, chunk, row_fn, chunk_fn);
     });
   }
   return {grad_h.to(hidden.scalar_type()), grad_w.to(weight.scalar_type())};

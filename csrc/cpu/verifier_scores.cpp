@@ -34,24 +34,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verifier_scores_fwd_cpu(const at:
   auto run_sum = at::zeros({batch}, h.options().dtype(at::kDouble));
   double* mp = run_max.data_ptr<double>();
   double* sp = run_sum.data_ptr<double>();
-  auto buf = at::empty({batch * block_cols}, h.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "verifier_scores_cpu", [&] {
-    for (int64_t v0 = 0; v0 < vocab; v0 += block_cols) {
-      const int64_t cols = std::min(block_cols, vocab - v0);
-      auto logits = buf.narrow(0, 0, batch * cols).view({batch, cols});  // (B, cols)
-      at::mm_out(logits, h, w.narrow(0, v0, cols).t());
-      const scalar_t* lg = logits.data_ptr<scalar_t>();
-      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const scalar_t* z = lg + b * cols;
-          const double new_max = std::max(mp[b], static_cast<double>(row_max(z, cols)) * inv_t);
-          const double block_sum = row_sum_exp(z, cols, static_cast<scalar_t>(inv_t),
-                                               static_cast<scalar_t>(new_max));
-          sp[b] = sp[b] * std::exp(mp[b] - new_max) + block_sum;
-          mp[b] = new_max;
-        }
-      });
-    }
+    auto row_fn = [&](int64_t, int64_t b, const scalar_t* z, int64_t cols) {  // one block of row b
+      const double new_max = std::max(mp[b], static_cast<double>(row_max(z, cols)) * inv_t);
+      const double block_sum = row_sum_exp(z, cols, static_cast<scalar_t>(inv_t),
+                                           static_cast<scalar_t>(new_max));
+      sp[b] = sp[b] * std::exp(mp[b] - new_max) + block_sum;
+      mp[b] = new_max;
+    };
+    for_each_logit_chunk<scalar_t>(h, w, ChunkAxis::kCols, block_cols, row_fn, no_chunk_step);
   });
   const auto lse = run_max + run_sum.log();  // (B,) double
   const auto ids = at::tensor({yes_id, no_id}, at::kLong);
