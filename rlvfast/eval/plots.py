@@ -32,12 +32,7 @@ def plot_parallel(parallel: dict[str, dict[str, float]], path: str | os.PathLike
     ax.set_xscale("log", base=2)
     ticks = sorted({int(k) for values in parallel.values() for k in values})
     ax.set_xticks(ticks, [str(k) for k in ticks])
-    ax.set_xlabel("samples per problem k")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "Accuracy against parallel samples")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "samples per problem k", title or "Accuracy against parallel samples")
 
 
 def plot_sequential(sequential: dict, path: str | os.PathLike, title: str = "") -> Path:
@@ -53,15 +48,16 @@ def plot_sequential(sequential: dict, path: str | os.PathLike, title: str = "") 
     for i, (threshold, row) in enumerate(sequential["threshold"].items()):
         ax.plot([row["mean_tokens"]], [row["accuracy"]], linestyle="none", marker="*", markersize=12,
                 color=f"C{(i + 4) % 10}", label=f"stop at confidence >= {threshold}")
-    ax.set_xlabel("tokens generated per problem (all samples)")
+    return _finish(fig, ax, path, "tokens generated per problem (all samples)", title or "Sequential scaling")
+
+
+def _finish(fig, ax, path: str | os.PathLike, xlabel: str, title: str) -> Path:
+    """Labels (accuracy on y), grid and legend, then the PNG at `path`; returns the path."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
-    ax.set_title(title or "Sequential scaling")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path)
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
