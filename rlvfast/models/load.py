@@ -158,6 +158,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model, tokenizer
 
 
+
+def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
+    """Writes a Hugging Face model folder (safetensors weights, config, tokenizer when given) that
+    `load_model` and transformers read; no progress bar, files readable as the umask allows."""
+    with transformers_bars(False):
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    share_files(folder)
+
 @contextmanager
 def transformers_bars(enabled: bool):
     """transformers' progress bars (loading, "Writing model shards") on or off inside the block."""

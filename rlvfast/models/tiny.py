@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rlvfast.models.load import YES, NO, share_files
+from rlvfast.models.load import NO, YES, save_model
 
 # The tiny model's verification prompt: short, since every char is a token and it is fed
 # after every solution in RL^V (the sampler's 66-char default would triple each row).
@@ -77,7 +77,5 @@ def build_tiny_model(out_dir: str | os.PathLike, config: TinyModelConfig | None 
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    share_files(out)
+    save_model(model, tok, out)
     return out

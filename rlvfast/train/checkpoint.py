@@ -84,13 +84,9 @@ def _make_temp_dir(prefix: str, parent: Path) -> Path:
 
 
 def _write_model_dir(path: Path, model, tokenizer) -> None:
-    from rlvfast.models import share_files, transformers_bars
+    from rlvfast.models import save_model
 
-    with transformers_bars(False):  # no "Writing model shards" bar per checkpoint in a log
-        model.save_pretrained(path, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(path)
-    share_files(path)
+    save_model(model, tokenizer, path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rlvfast.models import TINY_VERIFY_PROMPT, TinyModelConfig, build_tiny_model, load_model, yes_no_ids
+from rlvfast.models import TINY_VERIFY_PROMPT, TinyModelConfig, build_tiny_model, load_model, save_model, yes_no_ids
 from rlvfast.sampler import format_prompt
 from rlvfast.tasks.synthetic import Difficulty, make_problems, solution_text
 
@@ -278,8 +278,7 @@ def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=pr
         _run_phase(model, "verifier warm start", config.verifier_steps, config.verifier_lr, 20, phase_two_batch,
                    tokenizer.pad_token_id, log)
     model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_model(model, tokenizer, out)
     (out / "warm_start.json").write_text(json.dumps(
         {"config": asdict(config), "version": WARM_START_VERSION,
          "seconds": time.perf_counter() - start}, indent=1, default=str))
