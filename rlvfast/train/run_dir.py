@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlvfast.train import checkpoint as ckpt
 from rlvfast.cli import UserError
+from rlvfast.train import checkpoint as ckpt
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("metrics.jsonl", "metrics.tmp", "checkpoints", "latest", "final", "summary.json")
