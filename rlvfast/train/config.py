@@ -110,7 +110,7 @@ class TrainConfig:
     warm_start_verifier_steps: int = _opt(0, "steps of the tiny model's optional verifier warm start after "
                                           "the supervised one: contrastive right/wrong pairs, label loss "
                                           "averaged on its own (0 = off; ~400 teach the verifier and take "
-                                          "~6 min on 2 CPU cores)")
+                                          "~2.5 min on 2 quiet CPU cores)")
 
     def __post_init__(self) -> None:
         self.eval_splits = list(self.eval_splits)
