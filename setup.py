@@ -64,6 +64,8 @@ setup(
               "rlvfast.eval", "rlvfast.kernels"],
     # Triton kernels live in the top-level kernels/ folder and ship as rlvfast.kernels.
     package_dir={"rlvfast": "rlvfast", "rlvfast.kernels": "kernels"},
+    # The shipped tiny base model (~3.1 MB, built by python -m rlvfast.pretrain).
+    package_data={"rlvfast.models": ["base/*"]},
     ext_modules=[CMakeExtension("rlvfast._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[

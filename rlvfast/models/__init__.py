@@ -5,9 +5,9 @@ Imports only `rlvfast.ops` and `rlvfast.cli` below it; nothing here samples or t
 """
 from rlvfast.models.load import (NO, YES, eos_ids, is_local_path, load_model, save_model, share_files,
                                  transformers_bars, yes_no_ids)
-from rlvfast.models.tiny import (TINY_CHARS, TINY_SPECIALS, TINY_VERIFY_PROMPT, TinyModelConfig, build_char_tokenizer,
-                                 build_tiny_model)
+from rlvfast.models.tiny import (BASE_MODEL_DIR, TINY_CHARS, TINY_SPECIALS, TINY_VERIFY_PROMPT, TinyModelConfig,
+                                 build_char_tokenizer, build_tiny_model, read_card)
 
-__all__ = ["NO", "YES", "TINY_CHARS", "TINY_SPECIALS", "TINY_VERIFY_PROMPT", "TinyModelConfig",
-           "build_char_tokenizer", "build_tiny_model", "eos_ids", "is_local_path", "load_model", "save_model",
-           "share_files", "transformers_bars", "yes_no_ids"]
+__all__ = ["BASE_MODEL_DIR", "NO", "YES", "TINY_CHARS", "TINY_SPECIALS", "TINY_VERIFY_PROMPT", "TinyModelConfig",
+           "build_char_tokenizer", "build_tiny_model", "eos_ids", "is_local_path", "load_model", "read_card",
+           "save_model", "share_files", "transformers_bars", "yes_no_ids"]

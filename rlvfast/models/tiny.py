@@ -2,10 +2,13 @@
 
 `build_tiny_model` writes it as an ordinary Hugging Face directory, so tiny and real models go
 through the same loading code (`rlvfast.models.load`). `TINY_VERIFY_PROMPT` is the short
-verification prompt it is trained and scored with. Training it lives in `rlvfast.train`.
+verification prompt it is trained and scored with. `BASE_MODEL_DIR` is the trained base model
+shipped in the package (built by `python -m rlvfast.pretrain`), `read_card` its card.json.
+Training it lives in `rlvfast.train` (`warm_start`, which also decides when to use the shipped one).
 """
 from __future__ import annotations
 
+import json
 import os
 import string
 from dataclasses import dataclass
@@ -14,6 +17,10 @@ from pathlib import Path
 import torch
 
 from rlvfast.models.load import NO, YES, save_model
+
+# The tiny base model shipped with the package: `python -m rlvfast.pretrain --out` this folder with
+# the defaults rebuilds it (README.md and card.json inside say what it is and how good).
+BASE_MODEL_DIR = Path(__file__).resolve().parent / "base"
 
 # The tiny model's verification prompt: short, since every char is a token and it is fed
 # after every solution in RL^V (the sampler's 66-char default would triple each row).
@@ -79,3 +86,11 @@ def build_tiny_model(out_dir: str | os.PathLike, config: TinyModelConfig | None 
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, tok, out)
     return out
+
+
+def read_card(model_dir: str | os.PathLike = BASE_MODEL_DIR) -> dict | None:
+    """`model_dir`'s card.json (written by `python -m rlvfast.pretrain`), or None when it has none."""
+    path = Path(model_dir) / "card.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """What a run of `python -m rlvfast.train` builds before its first step, each piece checked early.
 
 The device, the training problems (a bad --data fails before any model loads), a custom reward
-function, the seeds, the model (the cached warm start of 'tiny', the user's model, or the
+function, the seeds, the model (the shipped base model or cached warm start of 'tiny', the user's model, or the
 checkpoint being resumed) with the frozen reference for the KL term, the optimizer and its
 learning-rate schedule; and for `--resume`: the latest checkpoint, whether the options given
 may resume it (`resume_state`), its optimizer / schedule / RNG state (`restore`), and its
@@ -69,13 +69,14 @@ def seed_everything(seed: int) -> None:
 
 def load_models(config: TrainConfig, device: torch.device, resume_from: Path | None, log):
     """(model, tokenizer, ref_model): the model to train, from the checkpoint when resuming, else
-    from its start (the cached warm start of 'tiny', or --model); the reference for the KL term
+    from its start ('tiny': the shipped base model, or the cached warm start when the
+    warm-start options differ from its card's; else --model); the reference for the KL term
     (`--kl-coef` > 0, else None) is always the start, frozen."""
     from rlvfast.models import load_model
 
     if config.is_tiny:
-        from rlvfast.train.warm_start import cached_warm_start
-        init_path = str(cached_warm_start(config.warm_start_config(), log=log))
+        from rlvfast.train.warm_start import warm_start_path
+        init_path = str(warm_start_path(config.warm_start_config(), log=log))
     else:
         init_path = config.model
     model, tokenizer = load_model(resume_from or init_path, device=device)

@@ -15,7 +15,10 @@ pairs (one problem solved right and wrong in the same batch) with the label loss
 its own (`loss_weights`). Measured (docs/experiments.md: S1.3, S2.4, S2.8): after a ~250-step
 plateau, 400 phase-2 steps took the held-out AUC from 0.51 to 0.87 (balanced accuracy 0.81).
 
-The result is an ordinary Hugging Face directory cached under
+The default recipe's result ships in the package (`rlvfast.models.BASE_MODEL_DIR`, built by
+`python -m rlvfast.pretrain`); `warm_start_path` returns it when a config equals its card's
+(same cache key, hence same WARM_START_VERSION), so the default trains nothing. Any other
+config is trained as follows. The result is an ordinary Hugging Face directory cached under
 `~/.cache/rlvfast/warm_start/<hash of the config>/` (or `$RLVFAST_CACHE`), written into a
 temporary directory and renamed, so a second run reuses it and a killed run leaves nothing
 half-written. Not here: the RL loop (`rlvfast.train.loop`), evaluation (`rlvfast.eval`, and the
@@ -39,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from rlvfast.models import TINY_VERIFY_PROMPT, TinyModelConfig, build_tiny_model, load_model, save_model, yes_no_ids
+from rlvfast.models import (BASE_MODEL_DIR, TINY_VERIFY_PROMPT, TinyModelConfig, build_tiny_model, load_model,
+                            read_card, save_model, yes_no_ids)
 from rlvfast.sampler import format_prompt
 from rlvfast.tasks.synthetic import Difficulty, make_problems, solution_text
 
@@ -186,6 +190,30 @@ def make_verifier_batch(tokenizer, rng: random.Random, config: WarmStartConfig, 
     return _pad(tokenizer, rows)
 
 
+def seen_problems(config: WarmStartConfig) -> set[str]:
+    """The problem texts `train_warm_start(config)` trains on (both phases), replayed from its
+    seed in `make_batch` / `make_verifier_batch`'s order of random draws (tested against them).
+    For the model card's overlap count with held-out problems; trains nothing."""
+    rng = random.Random(config.seed)
+    seen = set()
+    for step in range(config.steps):
+        for i in range(config.batch_size + config.verify_rows):
+            problem = _problem(rng, config, (10_000_000 + step) * config.batch_size + i)
+            seen.add(problem.problem)
+            solution_text(problem, config.error_rate if i < config.batch_size else config.verify_error_rate, rng)
+    for step in range(config.verifier_steps):
+        for i in range(config.verifier_solution_rows + config.verifier_pairs):
+            problem = _problem(rng, config, (20_000_000 + step) * 1000 + i)
+            seen.add(problem.problem)
+            if i < config.verifier_solution_rows:
+                solution_text(problem, config.error_rate, rng)
+                continue
+            right = wrong = solution_text(problem, 0.0, rng)
+            while wrong == right:
+                wrong = solution_text(problem, max(config.verify_error_rate, 0.5), rng)
+    return seen
+
+
 def _cosine_schedule(optimizer, warmup: int, steps: int):
     def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
         if step < warmup:
@@ -310,3 +338,27 @@ def cached_warm_start(config: WarmStartConfig | None = None, cache_dir: str | os
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def shipped_base(config: WarmStartConfig, base_dir: str | os.PathLike = BASE_MODEL_DIR) -> Path | None:
+    """`base_dir` when its card records this very recipe (the same cache key: the config and
+    WARM_START_VERSION) and its weights are there, else None."""
+    base_dir = Path(base_dir)
+    card = read_card(base_dir)
+    if card is None or not (base_dir / "model.safetensors").is_file():
+        return None
+    training = card.get("training", {})
+    if training.get("cache_key") != config.cache_key() or training.get("warm_start_version") != WARM_START_VERSION:
+        return None
+    return base_dir
+
+
+def warm_start_path(config: WarmStartConfig, log=print, base_dir: str | os.PathLike = BASE_MODEL_DIR) -> Path:
+    """The tiny model's starting point for `config`: the shipped base model when its card's recipe
+    equals `config` (loads in a second), else `cached_warm_start(config)` (trained once, cached)."""
+    shipped = shipped_base(config, base_dir)
+    if log:
+        log(f"warm start: the shipped base model {shipped} (its card's recipe equals these options)" if shipped
+            else f"warm start: these options differ from the shipped base model's ({base_dir}); "
+                 f"training it or reusing the cache")
+    return shipped or cached_warm_start(config, log=log)

@@ -137,3 +137,54 @@ def test_two_phase_warm_start_runs_and_is_cached(tmp_path):
     again = []
     assert cached_warm_start(config, cache_dir=tmp_path, log=again.append) == path
     assert again == [f"warm start: reusing cached model {path}"]
+
+
+def test_seen_problems_replays_the_batches(monkeypatch):
+    """seen_problems(config) is exactly the set of problems make_batch / make_verifier_batch draw
+    from the same seed, in train_warm_start's order (it must follow their random draws)."""
+    from rlvfast.train import warm_start
+
+    config = WarmStartConfig(steps=3, batch_size=5, verify_rows=3, verifier_steps=2, verifier_solution_rows=2,
+                             verifier_pairs=3, seed=7)
+    drawn = []
+    real_problem = warm_start._problem
+    monkeypatch.setattr(warm_start, "_problem", lambda *a: drawn.append(p := real_problem(*a)) or p)
+    tok = build_char_tokenizer()
+    rng = random.Random(config.seed)
+    for step in range(config.steps):
+        make_batch(tok, rng, config, problem_seed=10_000_000 + step)
+    for step in range(config.verifier_steps):
+        make_verifier_batch(tok, rng, config, problem_seed=20_000_000 + step)
+    monkeypatch.setattr(warm_start, "_problem", real_problem)
+    assert len(drawn) == 3 * 8 + 2 * 5
+    assert warm_start.seen_problems(config) == {p.problem for p in drawn}
+    assert warm_start.seen_problems(WarmStartConfig(steps=3, batch_size=5, verify_rows=3, seed=8)) != \
+        {p.problem for p in drawn[:24]}
+
+
+def test_warm_start_path_uses_the_shipped_base_only_for_its_recipe(tmp_path, monkeypatch):
+    """The default options load the shipped base (nothing trained); other options, or a card of
+    another WARM_START_VERSION, train and cache as before; one log line says which."""
+    from rlvfast.models import BASE_MODEL_DIR, read_card
+    from rlvfast.train import warm_start
+
+    trained = []
+    monkeypatch.setattr(warm_start, "cached_warm_start", lambda config, log=None: trained.append(config) or tmp_path)
+    lines = []
+    assert warm_start.warm_start_path(WarmStartConfig(), log=lines.append) == BASE_MODEL_DIR
+    assert trained == [] and len(lines) == 1 and "shipped base model" in lines[0]
+    lines.clear()
+    assert warm_start.warm_start_path(WarmStartConfig(steps=5), log=lines.append) == tmp_path
+    assert trained == [WarmStartConfig(steps=5)] and "differ from the shipped base" in lines[0]
+    # a copy of the card with another version is not used
+    other = tmp_path / "base"
+    other.mkdir()
+    card = read_card(BASE_MODEL_DIR)
+    card["training"]["warm_start_version"] += 1
+    (other / "card.json").write_text(json.dumps(card))
+    (other / "model.safetensors").write_bytes(b"")
+    assert warm_start.shipped_base(WarmStartConfig(), other) is None
+    card["training"]["warm_start_version"] -= 1
+    (other / "card.json").write_text(json.dumps(card))
+    assert warm_start.shipped_base(WarmStartConfig(), other) == other
+    assert warm_start.shipped_base(WarmStartConfig(verifier_steps=400), other) is None
