@@ -1,11 +1,12 @@
 """What a run of `python -m rlvfast.train` builds before its first step, each piece checked early.
 
 The device, the training problems (a bad --data fails before any model loads), a custom reward
-function, the seeds, the model (the shipped base model or cached warm start of 'tiny', the user's model, or the
-checkpoint being resumed) with the frozen reference for the KL term, the optimizer and its
-learning-rate schedule; and for `--resume`: the latest checkpoint, whether the options given
-may resume it (`resume_state`), its optimizer / schedule / RNG state (`restore`), and its
-options for the command line (`saved_config`). Input errors are `UserError`s naming the option.
+function, the seeds, the model ('tiny': the shipped base model, or the cached warm start when the
+warm-start options differ from its card's; the user's model; or the checkpoint being resumed)
+with the frozen reference for the KL term, the optimizer and its learning-rate schedule; and
+for `--resume`: the latest checkpoint, whether the options given may resume it
+(`resume_state`), its optimizer / schedule / RNG state (`restore`), and its options for the
+command line (`saved_config`). Input errors are `UserError`s naming the option.
 
 Not here: the run directory's lock and fresh/overwrite rule (`rlvfast.train.run_dir`), writing
 checkpoints (`rlvfast.train.checkpoint`), the steps (`rlvfast.train.loop`).
