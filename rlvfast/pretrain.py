@@ -148,7 +148,7 @@ def make_card(config, seconds: float, model: dict, evaluation: dict | None, over
             "command": command, "model": model,
             "training": {"data": TRAINING_DATA, "steps": config.steps, "verifier_steps": config.verifier_steps,
                          "rows_per_step": config.batch_size + config.verify_rows, "seed": config.seed,
-                         "seconds": round(seconds, 1), "warm_start_version": WARM_START_VERSION,
+                         "seconds": round(seconds, 2), "warm_start_version": WARM_START_VERSION,
                          "warm_start_config": asdict(config), "cache_key": config.cache_key(),
                          "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch "
                                     f"{torch.__version__}, {torch.get_num_threads()} threads"},
