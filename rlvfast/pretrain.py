@@ -12,21 +12,24 @@ starting point (`rlvfast.train.report.evaluate`: EVAL_SAMPLES samples per proble
 
 `rlvfast/models/base/` is this command's output with the defaults, shipped in the package;
 the trainer loads it when its warm-start options equal the card's (`rlvfast.train.warm_start`).
-DIR is written in a temporary folder beside it and swapped in at the end; an existing DIR is
+DIR is written in a temporary folder beside it and swapped in at the end
+(`rlvfast.train.checkpoint.replace_dir`, as OUT/final); an existing DIR is
 replaced only if it holds a card.json (an earlier output), so no other folder is overwritten.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from rlvfast.cli import CommandParser, UserError, run_command
+from rlvfast.eval.report import ratio
+from rlvfast.train.checkpoint import make_temp_dir, replace_dir
 
 EVAL_SPLITS = ("test", "hard")
 EVAL_SAMPLES = 4  # what the trainer's table uses for its starting point
@@ -88,8 +91,9 @@ def evaluate_base(model_dir: Path, num_problems: int, log=print) -> dict:
     with Grader(timeout=config.grader_timeout) as grader:
         for split, problems in eval_problems(config).items():
             results[split] = evaluate(sampler, problems, config, grader, seed=EVAL_SEED, num_samples=EVAL_SAMPLES)
-            log(f"pretrain: {split} pass@1 {results[split]['pass@1']:.3f}, judge balanced accuracy "
-                f"{_fmt(results[split]['verifier_balanced_accuracy'])}, AUC {_fmt(results[split]['verifier_auc'])}")
+            r = results[split]
+            log(f"pretrain: {split} pass@1 {r['pass@1']:.3f}, judge balanced accuracy "
+                f"{ratio(r['verifier_balanced_accuracy'])}, AUC {ratio(r['verifier_auc'])}")
     return {"num_problems": num_problems, "num_samples": EVAL_SAMPLES, "seed": EVAL_SEED,
             "temperature": config.temperature, "max_tokens": config.max_new_tokens,
             "problems": "make_problems(num_problems, split, seed=0), as the trainer's table",
@@ -117,23 +121,12 @@ def model_facts(model_dir: Path) -> dict:
 
     hf = json.loads((model_dir / "config.json").read_text())
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        num_params = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+        num_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     return {"architecture": hf.get("architectures", ["LlamaForCausalLM"])[0],
             "num_layers": hf["num_hidden_layers"], "hidden_size": hf["hidden_size"],
             "num_heads": hf["num_attention_heads"], "intermediate_size": hf["intermediate_size"],
             "vocab_size": hf["vocab_size"], "max_position_embeddings": hf["max_position_embeddings"],
             "tie_word_embeddings": hf.get("tie_word_embeddings", False), "num_parameters": num_params}
-
-
-def _prod(shape) -> int:
-    total = 1
-    for d in shape:
-        total *= int(d)
-    return total
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def make_card(config, seconds: float, model: dict, evaluation: dict | None, overlap: dict | None,
@@ -177,8 +170,8 @@ def card_markdown(card: dict) -> str:
                   "(the LLM-as-a-judge baseline).", "",
                   "| split | pass@1 | judge balanced accuracy | judge AUC |", "| --- | --- | --- | --- |"]
         for split, r in evaluation["results"].items():
-            lines.append(f"| {split} | {r['pass@1']:.3f} | {_fmt(r['verifier_balanced_accuracy'])} | "
-                         f"{_fmt(r['verifier_auc'])} |")
+            lines.append(f"| {split} | {r['pass@1']:.3f} | {ratio(r['verifier_balanced_accuracy'])} | "
+                         f"{ratio(r['verifier_auc'])} |")
         lines.append("")
     overlap = card["held_out_overlap"]
     if overlap:
@@ -200,7 +193,7 @@ def pretrain(out: str | os.PathLike, config, eval_problems: int = 200, command: 
     out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pretrain-", dir=out.parent))
+    tmp = make_temp_dir(".tmp-pretrain-", out.parent)
     try:
         start = time.perf_counter()
         train_warm_start(tmp, config, log=log)
@@ -211,30 +204,12 @@ def pretrain(out: str | os.PathLike, config, eval_problems: int = 200, command: 
         card = json.loads(json.dumps(card, allow_nan=False))  # as read back: string keys
         (tmp / "card.json").write_text(json.dumps(card, indent=1) + "\n")
         (tmp / "README.md").write_text(card_markdown(card))
-        _replace(tmp, out)
+        tmp = replace_dir(tmp, out)  # now the earlier output (deleted below), or None
     finally:
-        if tmp.exists():
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     log(f"pretrain: wrote {out} (trained in {seconds:.0f} s)")
     return card
-
-
-def _replace(new: Path, out: Path) -> None:
-    """Puts the finished folder `new` at `out`; an earlier `out` is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.parent / f".pretrain-old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(new, out)
-    os.chmod(out, 0o755 & ~_umask())
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: list[str] | None = None) -> None:

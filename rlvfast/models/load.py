@@ -24,11 +24,17 @@ from rlvfast.cli import UserError
 YES, NO = "Yes", "No"
 
 
+def umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def share_files(folder: str | os.PathLike) -> None:
     """Gives the files directly in `folder` the permissions the umask allows (usually 0644):
     transformers' save_pretrained writes model.safetensors as 0600, unreadable to other users."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = umask()
     for path in Path(folder).iterdir():
         if path.is_file() and not path.is_symlink():
             os.chmod(path, 0o666 & ~mask)

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlvfast.models import umask
+
 MARKER = "latest"
 STATE_FILE = "trainer_state.pt"
 CHECKPOINTS = "checkpoints"
@@ -70,16 +72,10 @@ def _fsync_tree(root: Path) -> None:
         _fsync_path(Path(dirpath))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _make_temp_dir(prefix: str, parent: Path) -> Path:
+def make_temp_dir(prefix: str, parent: Path) -> Path:
     """A fresh hidden directory with ordinary permissions (mkdtemp's are 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(path, 0o777 & ~_umask())
+    os.chmod(path, 0o777 & ~umask())
     return path
 
 
@@ -108,7 +104,7 @@ def write_marker(out: Path, name: str) -> None:
     """Atomically point OUT/latest at checkpoints/<name>."""
     fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=out)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "w") as f:
             f.write(name + "\n")
             f.flush()
@@ -168,11 +164,11 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, tokenizer, trainer
         while (root / name).exists():  # never overwrite a directory the marker may name
             suffix += 1
             name = f"step-{step:06d}.{suffix}"
-        tmp = _make_temp_dir(f".tmp-{name}-", root)
+        tmp = make_temp_dir(f".tmp-{name}-", root)
         stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / STATE_FILE)
-        os.chmod(tmp / STATE_FILE, 0o666 & ~_umask())
+        os.chmod(tmp / STATE_FILE, 0o666 & ~umask())
         _fsync_tree(tmp)
         stage = f"renaming {tmp.name} to {root / name}"
         os.rename(tmp, root / name)
@@ -242,17 +238,29 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def _swap_by_renames(new: Path, final: Path) -> Path:
-    """The fallback swap: final -> .old-final-*, new -> final; moves the old one back on an
-    error between the two. Returns where the old final now is."""
-    old = final.parent / new.name.replace(".tmp-final-", ".old-final-", 1)
-    os.rename(final, old)
+def _swap_by_renames(new: Path, target: Path) -> Path:
+    """The fallback swap: target -> .old-<target name>-<new's suffix>, new -> target; moves the
+    old one back on an error between the two. Returns where the old target now is."""
+    old = target.parent / f".old-{target.name}-{new.name.rsplit('-', 1)[-1]}"
+    os.rename(target, old)
     try:
-        os.rename(new, final)
+        os.rename(new, target)
     except BaseException:
-        os.rename(old, final)
+        os.rename(old, target)
         raise
     return old
+
+
+def replace_dir(new: Path, target: Path) -> Path | None:
+    """Puts the finished directory `new` at `target` (same filesystem). An existing `target` stays
+    whole until `new` is in place: swapped atomically (`_exchange`), else by two renames. Returns
+    where the old target now is, for the caller to delete, or None when there was none."""
+    if not target.exists():
+        os.rename(new, target)
+        return None
+    if _exchange(new, target):
+        return new  # `new` now holds the old target
+    return _swap_by_renames(new, target)
 
 
 def save_final(out: str | os.PathLike, model, tokenizer) -> Path:
@@ -264,16 +272,12 @@ def save_final(out: str | os.PathLike, model, tokenizer) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         clean_stale(out)
-        tmp = _make_temp_dir(".tmp-final-", out)
+        tmp = make_temp_dir(".tmp-final-", out)
         stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         _fsync_tree(tmp)
         stage = f"moving {tmp.name} to {final}"
-        if not final.exists():
-            os.rename(tmp, final)
-            tmp = None
-        elif not _exchange(tmp, final):  # after an exchange, tmp holds the old final
-            tmp = _swap_by_renames(tmp, final)
+        tmp = replace_dir(tmp, final)  # now the old final (deleted below), or None
         stage = f"syncing {out} (the new final model is in place)"
         _fsync_path(out)
     except Exception as e:
