@@ -54,9 +54,7 @@ def hold_lock(out: str | os.PathLike) -> Iterator[Path]:
 def prepare(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
     """Applies the fresh / `--resume` / `--overwrite` rule to `out` (call it under `hold_lock`)."""
     out = Path(out)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other: pass one")
-    if resume:
+    if resume:  # (TrainConfig refuses --resume with --overwrite)
         ckpt.clean_stale(out)  # a crash mid-save: restore OUT/final, drop temporary copies
         return
     if overwrite:
