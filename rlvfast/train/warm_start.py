@@ -131,11 +131,10 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def _solution_row(tokenizer, problem, error_rate: float, rng: random.Random) -> tuple[list[int], int]:
+def _solution_row(tokenizer, problem, solution: str) -> tuple[list[int], int]:
     """[prompt, solution, EOS] with the loss from the first solution token on."""
     prompt_ids = _encode(tokenizer, format_prompt(tokenizer, problem.problem))
-    solution_ids = _encode(tokenizer, solution_text(problem, error_rate, rng))
-    return prompt_ids + solution_ids + [tokenizer.eos_token_id], len(prompt_ids)
+    return prompt_ids + _encode(tokenizer, solution) + [tokenizer.eos_token_id], len(prompt_ids)
 
 
 def _verify_row(tokenizer, problem, solution: str) -> tuple[list[int], int]:
@@ -157,61 +156,70 @@ def _pad(tokenizer, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, to
     return input_ids, labels
 
 
-def make_batch(tokenizer, rng: random.Random, config: WarmStartConfig, problem_seed: int):
-    """(input_ids, labels) for one batch; labels are -100 where there is no loss and on padding.
+# problem_seed offsets of the two phases' batches: step k of phase 1 draws from PHASE_ONE_SEED + k
+PHASE_ONE_SEED, PHASE_TWO_SEED = 10_000_000, 20_000_000
 
-    batch_size solution rows (loss on solution + EOS), then verify_rows verification rows
-    (loss on the Yes/No label only)."""
+
+def batch_texts(rng: random.Random, config: WarmStartConfig, problem_seed: int) -> list[tuple]:
+    """One phase-1 batch as text, in the order of its random draws: `(problem, solution,
+    is_verify_row)` for batch_size solution rows (wrong steps at error_rate), then verify_rows
+    verification rows (at verify_error_rate)."""
     rows = []
     for i in range(config.batch_size + config.verify_rows):
         problem = _problem(rng, config, problem_seed * config.batch_size + i)
-        if i < config.batch_size:
-            rows.append(_solution_row(tokenizer, problem, config.error_rate, rng))
-        else:
-            rows.append(_verify_row(tokenizer, problem, solution_text(problem, config.verify_error_rate, rng)))
-    return _pad(tokenizer, rows)
+        is_verify_row = i >= config.batch_size
+        error_rate = config.verify_error_rate if is_verify_row else config.error_rate
+        rows.append((problem, solution_text(problem, error_rate, rng), is_verify_row))
+    return rows
 
 
-def make_verifier_batch(tokenizer, rng: random.Random, config: WarmStartConfig, problem_seed: int):
-    """(input_ids, labels) of one phase-2 batch: verifier_solution_rows solution rows, then
-    verifier_pairs contrastive pairs of verification rows (rows 2i, 2i + 1 after the solution
-    rows: one problem, its correct solution then a solution with wrong steps)."""
+def verifier_batch_texts(rng: random.Random, config: WarmStartConfig, problem_seed: int) -> list[tuple]:
+    """One phase-2 batch as text, in the order of its random draws: `(problem, solutions,
+    is_pair)`: verifier_solution_rows solution rows (one solution), then verifier_pairs
+    contrastive pairs (the correct solution, then one with wrong steps)."""
     rows = []
     for i in range(config.verifier_solution_rows + config.verifier_pairs):
         problem = _problem(rng, config, problem_seed * 1000 + i)
         if i < config.verifier_solution_rows:
-            rows.append(_solution_row(tokenizer, problem, config.error_rate, rng))
+            rows.append((problem, [solution_text(problem, config.error_rate, rng)], False))
             continue
         right = solution_text(problem, 0.0, rng)
         wrong = right
         while wrong == right:  # a wrong step always changes the final answer (synthetic.py)
             wrong = solution_text(problem, max(config.verify_error_rate, 0.5), rng)
-        rows += [_verify_row(tokenizer, problem, right), _verify_row(tokenizer, problem, wrong)]
+        rows.append((problem, [right, wrong], True))
+    return rows
+
+
+def make_batch(tokenizer, rng: random.Random, config: WarmStartConfig, problem_seed: int):
+    """(input_ids, labels) for one phase-1 batch (`batch_texts`); labels are -100 where there is
+    no loss and on padding: solution rows carry the loss on solution + EOS, verification rows
+    on the Yes/No label only."""
+    return _pad(tokenizer, [_verify_row(tokenizer, problem, solution) if is_verify_row
+                            else _solution_row(tokenizer, problem, solution)
+                            for problem, solution, is_verify_row in batch_texts(rng, config, problem_seed)])
+
+
+def make_verifier_batch(tokenizer, rng: random.Random, config: WarmStartConfig, problem_seed: int):
+    """(input_ids, labels) of one phase-2 batch (`verifier_batch_texts`): the solution rows, then
+    each contrastive pair as two verification rows (2i, 2i + 1 after the solution rows)."""
+    rows = []
+    for problem, solutions, is_pair in verifier_batch_texts(rng, config, problem_seed):
+        if is_pair:
+            rows += [_verify_row(tokenizer, problem, solution) for solution in solutions]
+        else:
+            rows.append(_solution_row(tokenizer, problem, solutions[0]))
     return _pad(tokenizer, rows)
 
 
 def seen_problems(config: WarmStartConfig) -> set[str]:
-    """The problem texts `train_warm_start(config)` trains on (both phases), replayed from its
-    seed in `make_batch` / `make_verifier_batch`'s order of random draws (tested against them).
-    For the model card's overlap count with held-out problems; trains nothing."""
+    """The problem texts `train_warm_start(config)` trains on (both phases): its batches' texts
+    drawn again from its seed in its order. For the model card's overlap count with held-out
+    problems; trains nothing."""
     rng = random.Random(config.seed)
-    seen = set()
-    for step in range(config.steps):
-        for i in range(config.batch_size + config.verify_rows):
-            problem = _problem(rng, config, (10_000_000 + step) * config.batch_size + i)
-            seen.add(problem.problem)
-            solution_text(problem, config.error_rate if i < config.batch_size else config.verify_error_rate, rng)
-    for step in range(config.verifier_steps):
-        for i in range(config.verifier_solution_rows + config.verifier_pairs):
-            problem = _problem(rng, config, (20_000_000 + step) * 1000 + i)
-            seen.add(problem.problem)
-            if i < config.verifier_solution_rows:
-                solution_text(problem, config.error_rate, rng)
-                continue
-            right = wrong = solution_text(problem, 0.0, rng)
-            while wrong == right:
-                wrong = solution_text(problem, max(config.verify_error_rate, 0.5), rng)
-    return seen
+    batches = [batch_texts(rng, config, PHASE_ONE_SEED + step) for step in range(config.steps)]
+    batches += [verifier_batch_texts(rng, config, PHASE_TWO_SEED + step) for step in range(config.verifier_steps)]
+    return {row[0].problem for batch in batches for row in batch}
 
 
 def _cosine_schedule(optimizer, warmup: int, steps: int):
@@ -292,11 +300,11 @@ def train_warm_start(out_dir: str | os.PathLike, config: WarmStartConfig, log=pr
     start = time.perf_counter()
 
     def phase_one_batch(step):
-        input_ids, labels = make_batch(tokenizer, rng, config, problem_seed=10_000_000 + step)
+        input_ids, labels = make_batch(tokenizer, rng, config, problem_seed=PHASE_ONE_SEED + step)
         return input_ids, labels, loss_weights(labels)
 
     def phase_two_batch(step):
-        input_ids, labels = make_verifier_batch(tokenizer, rng, config, problem_seed=20_000_000 + step)
+        input_ids, labels = make_verifier_batch(tokenizer, rng, config, problem_seed=PHASE_TWO_SEED + step)
         is_label_row = torch.arange(len(labels)) >= config.verifier_solution_rows  # (B,)
         return input_ids, labels, loss_weights(labels, is_label_row)
 
