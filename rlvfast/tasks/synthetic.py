@@ -2,7 +2,11 @@
 
 Deterministic by seed. Difficulty is the number of operands and of digits per operand;
 named splits share the training difficulty (`train`, `test`) or raise it (`hard`) for
-easy-to-hard tests. `solution_text` writes the step-by-step solution
+easy-to-hard tests. Held-out problems are never trained on: `is_held_out(text)` (a fixed hash
+of the problem text) puts one text in HELD_OUT_EVERY in the held-out pool, whatever its
+difficulty. Evaluation splits (`test`, `hard`, `ops=N,digits=M`) draw distinct problems from
+that pool only; training draws (`train`, an explicit `Difficulty`, the base model's data) never
+do, so a held-out text is unseen by every model trained here. `solution_text` writes the step-by-step solution
 (`37+48=85`, `85-29=56`, `\\boxed{56}`), optionally with wrong steps at a chosen rate: a
 wrong step is off by a small nonzero amount and later steps carry the error on, so the
 final answer is wrong exactly when some step was. Grading is not done here.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 from rlvfast.tasks.problems import Problem
@@ -35,6 +40,11 @@ SPLITS: dict[str, tuple[Difficulty, int]] = {
     "hard": (Difficulty(4, 1), 2_000_003),
 }
 
+# One problem text in HELD_OUT_EVERY is held out: 3-operand single-digit chains have 2916
+# distinct texts, so `test` has ~580 to draw from and training keeps ~2330.
+HELD_OUT_EVERY = 5
+TRAIN_SPLIT = "train"
+
 _PROBLEM_RE = re.compile(r"^Compute ([0-9+\-]+)\.$")
 
 
@@ -52,24 +62,47 @@ def parse_difficulty(spec: str) -> tuple[Difficulty, int]:
     return Difficulty(fields["ops"], fields["digits"]), 3_000_017 + 1000 * fields["ops"] + fields["digits"]
 
 
-def make_problems(num_problems: int, split: str | Difficulty = "train", seed: int = 0) -> list[Problem]:
-    """`num_problems` problems of one split (or an explicit Difficulty), the same for the same seed."""
+def is_held_out(text: str) -> bool:
+    """Whether a problem text belongs to the held-out pool (evaluation only, never trained on)."""
+    return zlib.crc32(text.encode()) % HELD_OUT_EVERY == 0
+
+
+def make_problems(num_problems: int, split: str | Difficulty = TRAIN_SPLIT, seed: int = 0) -> list[Problem]:
+    """`num_problems` problems of one split (or an explicit Difficulty), the same for the same seed.
+    `train` and a Difficulty draw training problems (repeats allowed); any other split draws
+    distinct held-out ones, and asking for more than the pool holds is a ValueError."""
     if isinstance(num_problems, bool) or not isinstance(num_problems, int) or num_problems < 0:
         raise ValueError(f"num_problems must be an int >= 0, got {num_problems!r}")
     difficulty, offset = (split, 0) if isinstance(split, Difficulty) else parse_difficulty(split)
+    held_out = isinstance(split, str) and split != TRAIN_SPLIT
     rng = random.Random(seed + offset)
     name = split if isinstance(split, str) else f"ops={difficulty.num_operands},digits={difficulty.num_digits}"
-    low, high = 10 ** (difficulty.num_digits - 1), 10 ** difficulty.num_digits - 1
-    problems = []
-    for i in range(num_problems):
-        operands = [rng.randint(max(low, 1), high) for _ in range(difficulty.num_operands)]
-        signs = [rng.choice("+-") for _ in range(difficulty.num_operands - 1)]
-        expr = str(operands[0]) + "".join(s + str(x) for s, x in zip(signs, operands[1:]))
-        problems.append(Problem(id=f"synthetic-{name}-{seed}-{i}", problem=f"Compute {expr}.",
+    problems, seen = [], set()
+    max_draws = 1000 + 100 * num_problems
+    for _ in range(max_draws):
+        if len(problems) == num_problems:
+            break
+        expr = _draw_expression(rng, difficulty)
+        text = f"Compute {expr}."
+        if is_held_out(text) != held_out or (held_out and text in seen):
+            continue
+        seen.add(text)
+        problems.append(Problem(id=f"synthetic-{name}-{seed}-{len(problems)}", problem=text,
                                 answer=str(evaluate_expression(expr)),
                                 meta={"difficulty": name, "num_operands": difficulty.num_operands,
                                       "num_digits": difficulty.num_digits}))
+    if len(problems) < num_problems:
+        raise ValueError(f"split {name!r} has only about {len(problems)} distinct held-out problems "
+                         f"(found in {max_draws} draws), {num_problems} asked for: ask for fewer or a "
+                         f"harder difficulty")
     return problems
+
+
+def _draw_expression(rng: random.Random, difficulty: Difficulty) -> str:
+    low, high = 10 ** (difficulty.num_digits - 1), 10 ** difficulty.num_digits - 1
+    operands = [rng.randint(max(low, 1), high) for _ in range(difficulty.num_operands)]
+    signs = [rng.choice("+-") for _ in range(difficulty.num_operands - 1)]
+    return str(operands[0]) + "".join(s + str(x) for s, x in zip(signs, operands[1:]))
 
 
 def evaluate_expression(expr: str) -> int:
