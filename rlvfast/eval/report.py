@@ -38,7 +38,7 @@ def format_report(results: dict) -> str:
     return "\n\n".join(lines)
 
 
-def _ratio_cell(row: dict) -> str:
+def ratio_cell(row: dict) -> str:
     """An efficiency row's ratio as printed: "2x", ">4x", or "n/a" (no ratio has meaning)."""
     return row["ratio_text"] if row["ratio_text"] == UNDEFINED else f"{row['ratio_text']}x"
 
@@ -53,10 +53,10 @@ def _format_block(block: dict, title: str) -> str:
     for key, label in (("efficiency", "weighted"), ("judge_efficiency", "judge_weighted")):
         if key in block:
             lines.append(f"{'efficiency':>16}: majority k'/k to match {label}@k: "
-                         + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block[key]))
+                         + "  ".join(f"k={r['k']}: {ratio_cell(r)}" for r in block[key]))
     if "vs_baseline" in block:
         lines.append(f"{'vs baseline':>16}: baseline majority k'/k to match this weighted@k: "
-                     + "  ".join(f"k={r['k']}: {_ratio_cell(r)}" for r in block["vs_baseline"]["efficiency"]))
+                     + "  ".join(f"k={r['k']}: {ratio_cell(r)}" for r in block["vs_baseline"]["efficiency"]))
     lines += _classifier_lines(block)
     if "sequential" in block:
         lines += _sequential_lines(block["sequential"])

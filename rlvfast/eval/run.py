@@ -38,10 +38,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rlvfast.cli import EXIT_INTERRUPT, UserError, run_command
+from rlvfast.eval import compare
 from rlvfast.eval.options import PROG, parse_args
 from rlvfast.eval.report import format_report
 from rlvfast.eval.samples import GradedBatch, pool_from_records, sample_and_grade
-from rlvfast.eval.scaling import efficiency, summarize
+from rlvfast.eval.scaling import Pool, summarize
 from rlvfast.eval.storage import (RUN_KEYS, check_run_config, load_baseline, read_samples, training_verify_prompt,
                                   write_outputs)
 from rlvfast.tasks.problems import Problem
@@ -50,6 +51,8 @@ JUDGE_PROMPT = ("Below is a math problem and a proposed solution. Grade the solu
                 "check every step and the final answer.\n\nProblem: {problem}\n\nProposed solution:\n"
                 "{solution}\n\nStep-by-step grading:")
 JUDGE_QUESTION = "Is the answer correct (Yes/No)?"
+COMPARISON_NAMES = {"base_model": "base model", "base_method": "baseline", "rlv": "this run"}
+COMPARISON_PLOT = "comparison.png"
 
 
 # ---------------------------------------------------------------------------- problems
@@ -196,8 +199,7 @@ def compare_with_baseline(results: dict, base: dict, baseline_dir: str) -> dict:
     """This run's weighted voting against the baseline run's majority voting (and both curves)."""
 
     def versus(ours: dict, theirs: dict) -> list[dict]:
-        joint = {"majority": theirs["parallel"]["majority"], "weighted": ours["parallel"]["weighted"]}
-        return efficiency(joint, ours["n"])
+        return compare.efficiency_rows(theirs["parallel"], ours["parallel"], ours["n"])
 
     return {"baseline": str(baseline_dir), "baseline_parallel": base["parallel"],
             "efficiency": versus(results, base),
@@ -205,11 +207,35 @@ def compare_with_baseline(results: dict, base: dict, baseline_dir: str) -> dict:
                               for d, block in results["by_difficulty"].items() if d in base.get("by_difficulty", {})}}
 
 
+def load_baseline_pools(baseline_dir: str, n: int, problems: list[Problem]) -> list[Pool]:
+    """The baseline's samples of `problems` (matched by id, in their order) from its
+    samples.jsonl, for the paired bootstrap; a UserError when it lacks any of them."""
+    done = read_samples(Path(baseline_dir) / "samples.jsonl", n, repair=False)
+    missing = [p.id for p in problems if p.id not in done]
+    if missing:
+        raise UserError(f"--baseline {baseline_dir!r}: its samples.jsonl lacks {len(missing)} of this run's "
+                        f"{len(problems)} problems (e.g. {missing[0]!r}): not comparable")
+    return [pool_from_records(done[p.id]) for p in problems]
+
+
+def comparison(args: argparse.Namespace, results: dict, pools: list[Pool], baseline: tuple[dict, list[Pool]]) -> dict:
+    """The trainer's comparison table (`rlvfast.eval.compare`) of the baseline (as the base
+    method) and this run (as RL^V) on --data: printed, and drawn into OUT/comparison.png."""
+    base_results, base_pools = baseline
+    out = compare.compare({args.data: compare.from_results(base_results, base_pools)},
+                          {args.data: compare.from_results(results, pools)})
+    compare.plot_comparison(out, Path(args.out) / COMPARISON_PLOT, COMPARISON_NAMES)
+    return out
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Runs the evaluation; returns the results dict (also in OUT/results.json)."""
     args = parse_args(argv)
     problems = load_eval_problems(args)  # before OUT/ is written: a bad file leaves nothing behind
-    baseline = None if args.baseline is None else load_baseline(args.baseline, args.n, len(problems))
+    baseline = None
+    if args.baseline is not None:  # checked before any sampling
+        baseline = (load_baseline(args.baseline, args.n, len(problems)),
+                    load_baseline_pools(args.baseline, args.n, problems))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.verify_prompt is None:
@@ -224,15 +250,18 @@ def run(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(args.threads)
     sample_pending(args, problems, done, samples_path)
-    results = summarize([pool_from_records(done[p.id]) for p in problems], num_trials=args.trials,
-                        seed=args.seed, thresholds=args.threshold)
+    pools = [pool_from_records(done[p.id]) for p in problems]
+    results = summarize(pools, num_trials=args.trials, seed=args.seed, thresholds=args.threshold)
     results["config"] = {key: getattr(args, key) for key in RUN_KEYS} | {"limit": args.limit}
     results["num_resumed"] = num_resumed
     results["sampling_seconds"] = time.perf_counter() - start
     if baseline is not None:
-        results["vs_baseline"] = compare_with_baseline(results, baseline, args.baseline)
+        results["vs_baseline"] = compare_with_baseline(results, baseline[0], args.baseline)
+        results["comparison"] = comparison(args, results, pools, baseline)
     write_outputs(out, results)
     print(format_report(results))
+    if baseline is not None:
+        print("\n" + compare.format_comparison(results["comparison"], COMPARISON_NAMES))
     return results
 
 

@@ -3,7 +3,8 @@ one record per sample, and turn a problem's records into a `Pool` for `rlvfast.e
 
 `python -m rlvfast.eval` (`rlvfast.eval.run`) and the trainer's end-of-run table
 (`rlvfast.train.report`) both call `sample_and_grade` and `pool_from_records`; `evaluate`
-is the short form the trainer's table reads (pass@1, verifier metrics, votes at N = 1..n).
+is the short form the trainer's table reads (pass@1, verifier metrics, votes at N = 1..n;
+`short_summary` makes it from `scaling` results, `evaluate_pools` also returns the Pools).
 
 A record is a plain dict, the line `rlvfast.eval` writes to OUT/samples.jsonl:
 problem_id, sample (0..n-1), difficulty, gold, text, answer (the grader's extraction),
@@ -88,13 +89,26 @@ def evaluate(sampler, grader, problems: list[Problem], params, num_trials: int =
     """The short form of one evaluation (what the trainer's table prints): pass@1, the
     verifier's balanced accuracy, accuracy and AUC, and `<method>@<k>` for majority /
     best_of_n / weighted at k = 1, 2, 4, ..., params.n (`scaling.parallel_accuracy`)."""
+    return evaluate_pools(sampler, grader, problems, params, num_trials, seed)[0]
+
+
+def evaluate_pools(sampler, grader, problems: list[Problem], params, num_trials: int = 100,
+                   seed: int = 0) -> tuple[dict, list[Pool]]:
+    """`evaluate`'s summary and the problems' `Pool`s it was computed from (in problem order),
+    for what needs each problem's samples (the comparison's paired bootstrap)."""
     batch = sample_and_grade(sampler, grader, problems, params)
     pools = [pool_from_records(records) for records in batch.by_problem()]
     parallel = parallel_accuracy(pools, num_trials=num_trials, seed=seed)
     verifier = verifier_metrics([r["score"] for r in batch.records], [r["correct"] for r in batch.records])
+    return short_summary(parallel, verifier, len(problems), params.n), pools
+
+
+def short_summary(parallel: dict, verifier: dict, num_problems: int, num_samples: int) -> dict:
+    """The short form from `scaling` results: pass@1, verifier_balanced_accuracy / _accuracy /
+    _auc, num_problems, num_samples and `<method>@<k>` for each voting method."""
     summary = {"pass@1": parallel["pass"]["1"], "verifier_balanced_accuracy": verifier["balanced_accuracy"],
                "verifier_accuracy": verifier["accuracy"], "verifier_auc": verifier["auc"],
-               "num_problems": len(problems), "num_samples": params.n}
+               "num_problems": num_problems, "num_samples": num_samples}
     for method in VOTE_METHODS:
         for k, value in parallel[method].items():
             summary[f"{method}@{k}"] = value

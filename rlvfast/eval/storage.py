@@ -39,9 +39,10 @@ def check_run_config(out: Path, config: dict) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
+def read_samples(path: Path, n: int, repair: bool = True) -> dict[str, list[dict]]:
     """problem id -> its n records. Lines of a problem left unfinished by an interruption (a
-    torn last line, or fewer than n samples) are dropped and the file is rewritten without them."""
+    torn last line, or fewer than n samples) are dropped and, with `repair` (this run's own
+    file, not a --baseline's), the file is rewritten without them."""
     if not path.exists():
         return {}
     by_problem: dict[str, list[dict]] = {}
@@ -54,7 +55,7 @@ def read_samples(path: Path, n: int) -> dict[str, list[dict]]:
         by_problem.setdefault(record["problem_id"], []).append(record)
     complete = {pid: recs for pid, recs in by_problem.items() if len(recs) == n}
     kept = [json.dumps(r) for recs in complete.values() for r in recs]
-    if sum(map(len, complete.values())) != sum(1 for line in lines if line.strip()):
+    if repair and sum(map(len, complete.values())) != sum(1 for line in lines if line.strip()):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         os.replace(tmp, path)
