@@ -28,7 +28,7 @@ from rlvfast.train.warm_start import WarmStartConfig
 # options a --resume may change: they do not change what the run computes
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
                                "max_bad_steps", "log_every", "micro_batch", "device", "eval_problems",
-                               "eval_samples", "eval_splits"})
+                               "eval_samples", "eval_splits", "compare"})
 EVAL_OPTIONS = ("eval_problems", "eval_samples", "eval_splits")
 
 
@@ -105,6 +105,12 @@ class TrainConfig:
                               "synthetic --data only: evaluate other data with python -m rlvfast.eval)")
     eval_samples: int = _opt(16, "samples per problem for the final table (N for voting up to this)")
     eval_splits: list[str] = _opt(("test", "hard"), "synthetic splits of the final table")
+    compare: bool | None = _opt(None, "also train the base method (--verifier-coef 0, same start, seed and "
+                                "problems) into OUT/base_method and print the paper's comparison: the base "
+                                "model, the base method and RL^V (pass@1, verifier, voting at N = 1..eval_samples, "
+                                "compute efficiency, a bootstrap interval) with OUT/comparison.png; default: on "
+                                "when the run prints a table (synthetic data, --eval-problems > 0) and "
+                                "--verifier-coef > 0")
     warm_start_steps: int = _opt(WarmStartConfig.__dataclass_fields__["steps"].default,
                                  "supervised warm-start steps of the tiny model (cached by its config)")
     warm_start_verifier_steps: int = _opt(0, "steps of the tiny model's optional verifier warm start after "
@@ -134,6 +140,11 @@ class TrainConfig:
             raise UserError(f"--reward must be 'module:function', got {self.reward!r}")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: pass one")
+        if self.compare and not (self.has_table and self.verifier_coef > 0):
+            raise UserError(f"--compare needs the end-of-run table (--data synthetic and --eval-problems > 0; got "
+                            f"--data {self.data} --eval-problems {self.eval_problems}) and --verifier-coef > 0 "
+                            f"(got {self.verifier_coef}); to compare two runs on other data, evaluate each with "
+                            f"python -m rlvfast.eval and pass the first's --out as the second's --baseline")
         if self.group_size == 1:
             warnings.warn("--group-size 1: a lone sample's group-relative advantage is 0, so the policy gets "
                           "no gradient (only the verifier trains); use --group-size 2 or more", stacklevel=3)
@@ -145,6 +156,16 @@ class TrainConfig:
     @property
     def is_synthetic(self) -> bool:
         return self.data == "synthetic"
+
+    @property
+    def has_table(self) -> bool:
+        """The run ends with a table on held-out synthetic problems."""
+        return self.is_synthetic and self.eval_problems > 0
+
+    @property
+    def is_comparison(self) -> bool:
+        """--compare, or by default: a table and lambda > 0."""
+        return self.compare if self.compare is not None else self.has_table and self.verifier_coef > 0
 
     def resolved_verify_prompt(self) -> str | None:
         return TINY_VERIFY_PROMPT if self.verify_prompt is None and self.is_tiny else self.verify_prompt
@@ -239,7 +260,7 @@ def coerce(annotation: str, value: Any) -> Any:
     kind = str(annotation)
     if value is None and kind.endswith("| None"):
         return None
-    if kind == "bool":
+    if kind in ("bool", "bool | None"):
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -289,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default if f.default is not MISSING else None
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": f.metadata.get("help", "") + f" (default: {default!r})"}
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif f.name == "eval_splits":
             kwargs["nargs"] = "+"

@@ -72,41 +72,86 @@ class Run:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.sampler.eos_ids[0]
 
 
+@dataclass(slots=True)
+class Shared:
+    """What the runs of one process share: the training problems, the reward function, the
+    device, the grader (one worker pool) and the tokenizer (None until the first run loads it)."""
+    problems: list[Problem]
+    reward_fn: object
+    device: torch.device
+    grader: object
+    tokenizer: object = None
+
+
 # ----------------------------------------------------------------------------- the run
 def train(config: TrainConfig, log=print) -> dict:
     """The whole run; returns the summary (also written to OUT/summary.json). Holds OUT's lock
-    throughout; a fresh run needs an empty OUT (or --overwrite), see `rlvfast.train.run_dir`."""
+    throughout; a fresh run needs an empty OUT (or --overwrite), see `rlvfast.train.run_dir`.
+    With `config.is_comparison`: the base method and RL^V, then the comparison
+    (`rlvfast.train.compare`)."""
+    from rlvfast.train import compare  # it builds on this module's `fit`
+
     device = setup.pick_device(config.device)
     problems = setup.load_training_problems(config)  # a bad --data fails here, before anything slow
     reward_fn = setup.load_reward_fn(config.reward) if config.reward else None
-    if config.resume:
-        setup.latest_checkpoint(config.out)  # nothing to resume: an error before OUT is created
+    if config.resume and config.is_comparison:  # nothing to resume: an error before OUT is created
+        compare.check_resumable(config)
+    elif config.resume:
+        setup.latest_checkpoint(config.out)
     with run_dir.hold_lock(config.out):
         run_dir.prepare(config.out, config.resume, config.overwrite)
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
-            return _train(config, problems, reward_fn, device, grader, log)
+            shared = Shared(problems, reward_fn, device, grader)
+            if config.is_comparison:
+                return compare.train_compare(config, shared, log)
+            return _train(config, shared, log)
 
 
-def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torch.device, grader, log) -> dict:
+def _train(config: TrainConfig, shared: Shared, log) -> dict:
     wall_start = time.perf_counter()
     out = Path(config.out)
+    splits = eval_problems(config) if config.has_table else {}
+    run, warm_eval = fit(config, shared, splits, log)
+    summary = _summary(run, splits, warm_eval)
+    summary["wall_seconds"] = time.perf_counter() - wall_start
+    write_summary(out, summary)
+    if splits:
+        log(format_table(summary))
+    log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {out / 'metrics.jsonl'}")
+    return summary
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """OUT/summary.json: strict JSON (NaN / inf -> null)."""
+    (out / "summary.json").write_text(json.dumps(metrics_log.finite_or_none(summary), indent=1, allow_nan=False))
+
+
+def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], log) -> tuple[Run, dict]:
+    """One run in OUT, from its start or its latest checkpoint (`config.resume`) to
+    `config.steps`, then OUT/final. Returns the run and its start's evaluation on `splits`
+    (`_evaluate_start`; a resumed run's comes from its checkpoint)."""
     resume_from, state = setup.resume_state(config) if config.resume else (None, None)
     setup.seed_everything(config.seed)
-    run = _build_run(config, device, grader, reward_fn, resume_from, log)
-    splits = eval_problems(config) if config.is_synthetic and config.eval_problems else {}
-
-    # ---- resume, or evaluate the starting point for the final table
+    run = _build_run(config, shared, resume_from, log)
     if state is not None:
         start_step, num_bad, warm_eval = setup.restore(run.optimizer, run.scheduler, state)
         log(f"resuming from {resume_from} at step {start_step}")
     else:
         start_step, num_bad, warm_eval = 0, 0, _evaluate_start(run, splits, log)
+    _run_steps(run, shared.problems, (start_step, num_bad), warm_eval, log)
+    _save_final(Path(config.out), run.model, run.tokenizer, Path(config.out) / "metrics.jsonl")
+    return run, warm_eval
+
+
+def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_eval: dict, log) -> None:
+    """The steps from `start` = (step, steps skipped in a row) to config.steps: metrics.jsonl,
+    the progress bar ("RL^V", or "base method" when lambda = 0), checkpoints."""
+    config, out = run.config, Path(run.config.out)
+    start_step, num_bad = start
     metrics_path = out / "metrics.jsonl"
     metrics_log.truncate(metrics_path, start_step)
-
-    # ---- RL^V
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="RL^V",
-               disable=None, file=sys.stderr)
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
+               desc="RL^V" if config.verifier_coef > 0 else "base method", disable=None, file=sys.stderr)
     with open(metrics_path, "a") as metrics_file:
         for step in bar:
             batch = problems_for_step(problems, step, config.prompts_per_step, config.seed)
@@ -126,24 +171,17 @@ def _train(config: TrainConfig, problems: list[Problem], reward_fn, device: torc
             if num_bad == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
                 _save_checkpoint(run, step + 1, _trainer_state(run, step + 1, num_bad, warm_eval), log)
     bar.close()
-    _save_final(out, run.model, run.tokenizer, metrics_path)
-
-    # ---- the final table
-    summary = _summary(run, splits, warm_eval)
-    summary["wall_seconds"] = time.perf_counter() - wall_start
-    (out / "summary.json").write_text(json.dumps(metrics_log.finite_or_none(summary), indent=1, allow_nan=False))
-    if splits:
-        log(format_table(summary))
-    log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {metrics_path}")
-    return summary
 
 
-def _build_run(config: TrainConfig, device: torch.device, grader, reward_fn, resume_from: Path | None, log) -> Run:
-    model, tokenizer, ref_model = setup.load_models(config, device, resume_from, log)
-    sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
+def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, log) -> Run:
+    """The model (and reference) loaded, its sampler and optimizer; the first run's tokenizer
+    becomes the shared one, a later run uses it (the same model family: the same tokenizer)."""
+    model, tokenizer, ref_model = setup.load_models(config, shared.device, resume_from, log)
+    shared.tokenizer = shared.tokenizer or tokenizer
+    sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     optimizer, scheduler = setup.make_optimizer(model, config)
-    return Run(config, model, tokenizer, sampler, optimizer, grader, reward_fn, config.loss_config(), ref_model,
-               device, scheduler)
+    return Run(config, model, shared.tokenizer, sampler, optimizer, shared.grader, shared.reward_fn,
+               config.loss_config(), ref_model, shared.device, scheduler)
 
 
 def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
@@ -151,12 +189,18 @@ def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
     if not splits:
         return {}
     t0 = time.perf_counter()
-    num_samples = min(4, run.config.eval_samples)  # only pass@1 of the start is reported: a few samples suffice
+    num_samples = start_eval_samples(run.config)
     warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples)
                  for s, p in splits.items()}
     log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
         ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
     return warm_eval
+
+
+def start_eval_samples(config: TrainConfig) -> int:
+    """Samples per problem of the start's evaluation: only its pass@1 and verifier metrics are
+    reported, and a few samples of many problems measure them."""
+    return min(4, config.eval_samples)
 
 
 def _count_bad(run: Run, result: dict, num_bad: int, step: int, log) -> int:

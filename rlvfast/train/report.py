@@ -1,6 +1,7 @@
 """The end-of-run table of `python -m rlvfast.train`: which held-out problems it is measured
 on (`eval_problems`: `eval_problems` synthetic problems per split of `eval_splits`) and how
-the trainer's settings become one evaluation (`evaluate`).
+the trainer's settings become one evaluation (`evaluate`; `evaluate_pools` also returns the
+problems' samples as Pools).
 
 The evaluation itself (sample, grade, vote, verifier metrics) is `rlvfast.eval.samples.evaluate`,
 the path `python -m rlvfast.eval` runs too; the printed table is `rlvfast.eval.report.format_table`
@@ -12,7 +13,7 @@ from rlvfast.eval.report import BEST_OF_N_NOTE, format_table
 from rlvfast.tasks.problems import Problem
 from rlvfast.train.config import TrainConfig
 
-__all__ = ["BEST_OF_N_NOTE", "eval_problems", "evaluate", "format_table"]
+__all__ = ["BEST_OF_N_NOTE", "eval_problems", "evaluate", "evaluate_pools", "format_table"]
 
 NUM_TRIALS = 100  # random subsets per N for the votes (all of them when fewer exist)
 
@@ -22,7 +23,13 @@ def evaluate(sampler, problems: list[Problem], config: TrainConfig, grader, seed
     """pass@1, verifier metrics and voting at N = 1, 2, 4, ... eval_samples (or `num_samples`)
     on held-out problems, sampled at the training temperature and length; `seed` seeds both
     the samples and the voting subsets."""
-    from rlvfast.eval.samples import evaluate as evaluate_problems
+    return evaluate_pools(sampler, problems, config, grader, seed, num_samples)[0]
+
+
+def evaluate_pools(sampler, problems: list[Problem], config: TrainConfig, grader, seed: int,
+                   num_samples: int | None = None) -> tuple[dict, list]:
+    """`evaluate`'s summary and each problem's `rlvfast.eval.scaling.Pool` (the comparison's bootstrap)."""
+    from rlvfast.eval.samples import evaluate_pools as evaluate_problems
     from rlvfast.sampler import SamplingParams
 
     params = SamplingParams(n=num_samples or config.eval_samples, max_tokens=config.max_new_tokens,

@@ -22,7 +22,8 @@ from rlvfast.cli import UserError
 from rlvfast.train import checkpoint as ckpt
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("metrics.jsonl", "metrics.tmp", "checkpoints", "latest", "final", "summary.json")
+RUN_FILES = ("metrics.jsonl", "metrics.tmp", "checkpoints", "latest", "final", "summary.json",
+             "base_method", "base_model.json", "comparison.png")  # the last three: rlvfast.train.compare
 _TEMP_PREFIXES = (".latest-", ".tmp-final-", ".old-final-")  # rlvfast.train.checkpoint's temporaries
 
 

@@ -75,17 +75,22 @@ def load_models(config: TrainConfig, device: torch.device, resume_from: Path | N
     (`--kl-coef` > 0, else None) is always the start, frozen."""
     from rlvfast.models import load_model
 
-    if config.is_tiny:
-        from rlvfast.train.warm_start import warm_start_path
-        init_path = str(warm_start_path(config.warm_start_config(), log=log))
-    else:
-        init_path = config.model
+    init_path = start_path(config, log)
     model, tokenizer = load_model(resume_from or init_path, device=device)
     ref_model = None
     if config.kl_coef > 0:
         ref_model, _ = load_model(init_path, device=device)
         ref_model.requires_grad_(False)
     return model, tokenizer, ref_model
+
+
+def start_path(config: TrainConfig, log) -> str:
+    """Where a fresh run's weights come from: for 'tiny', the shipped base model or the cached
+    warm start (`rlvfast.train.warm_start`), else --model."""
+    if config.is_tiny:
+        from rlvfast.train.warm_start import warm_start_path
+        return str(warm_start_path(config.warm_start_config(), log=log))
+    return config.model
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig):
