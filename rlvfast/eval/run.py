@@ -5,8 +5,9 @@ Samples n solutions per problem with in-cache verifier scores and grades them
 sample to OUT/samples.jsonl (one problem at a time, flushed: a rerun with the same --out
 skips finished problems), then writes OUT/results.json, PNG plots and a table: accuracy at k
 for pass / majority / best-of-n / weighted, compute efficiency, verifier metrics, per
-difficulty. Options: `--judge` (LLM-as-a-judge baseline scores) and `--lengths` (sequential
-scaling with a confidence threshold).
+difficulty. Options: `--judge` (LLM-as-a-judge baseline scores), `--lengths` (sequential
+scaling with a confidence threshold) and `--baseline` (another eval's OUT on the same problems:
+the trainer's comparison table of the two, `rlvfast.eval.compare`, and OUT/comparison.png).
 
 This file is the judge, the length budgets and the order of the run. Elsewhere: the flags
 (`rlvfast.eval.options`), the metric math (`rlvfast.eval.scaling`), the printed table
@@ -219,8 +220,8 @@ def load_baseline_pools(baseline_dir: str, n: int, problems: list[Problem]) -> l
 
 
 def comparison(args: argparse.Namespace, results: dict, pools: list[Pool], baseline: tuple[dict, list[Pool]]) -> dict:
-    """The trainer's comparison table (`rlvfast.eval.compare`) of the baseline (as the base
-    method) and this run (as RL^V) on --data: printed, and drawn into OUT/comparison.png."""
+    """The trainer's comparison (`rlvfast.eval.compare`) of the baseline (as the base method)
+    and this run (as RL^V) on --data, the problems matched by id; drawn into OUT/comparison.png."""
     base_results, base_pools = baseline
     out = compare.compare({args.data: compare.from_results(base_results, base_pools)},
                           {args.data: compare.from_results(results, pools)})

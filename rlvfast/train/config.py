@@ -56,7 +56,8 @@ class TrainConfig:
                         "given differs from the checkpoint's and changes the run; these may change: "
                         + ", ".join(sorted(map(flag, RESUME_MAY_CHANGE - {"out", "resume", "overwrite"}))))
     overwrite: bool = _opt(False, "start afresh in a non-empty OUT: first delete the run files there "
-                           "(metrics.jsonl, checkpoints/, latest, final/, summary.json); other files stay. "
+                           "(metrics.jsonl, checkpoints/, latest, final/, summary.json); other files stay (a "
+                           "comparison's base_method/, base_model.json and comparison.png go too). "
                            "Without --resume or --overwrite, a non-empty OUT is an error")
     reward: str | None = _opt(None, "custom reward 'module:function' with TRL's signature f(prompts, "
                               "completions, completion_ids, **dataset_columns) -> list[float | None]; None = "
@@ -302,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         "rlvfast.train",
         description="RL^V: train one model as reasoner (GRPO / leave-one-out PPO / Dr.GRPO) and as "
                     "generative verifier of its own solutions (J = J_RL + lambda * J_verify). With no "
-                    "arguments: the tiny built-in model on the synthetic arithmetic task, then a table "
-                    "of pass@1, verifier balanced accuracy and voting at N = 1..16.")
+                    "arguments: the tiny built-in model on the synthetic arithmetic task, trained as RL^V "
+                    "and as the base method (lambda = 0) from the same start, then one table comparing "
+                    "the base model, the base method and RL^V: pass@1, verifier balanced accuracy and "
+                    "AUC, voting at N = 1..16, compute efficiency and a bootstrap interval (--compare).")
     parser.add_argument("--config", default=None, help="JSON or YAML file of options, keys = option names "
                         "(flags override it)")
     for f in fields(TrainConfig):

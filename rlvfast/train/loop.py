@@ -14,7 +14,9 @@ update, logged as the verifier's accuracy on fresh samples (lambda = 0: the samp
 The math: `rlvfast.train.loss`; options: `rlvfast.train.config` (`--help`); files:
 `rlvfast.train.checkpoint`, `rlvfast.train.metrics`, `rlvfast.train.run_dir` (OUT's lock, the
 fresh / --resume / --overwrite rule). With no arguments: the tiny model, warm-started
-(`rlvfast.train.warm_start`), then a table on held-out `test` and `hard` problems.
+(`rlvfast.train.warm_start`), and the paper's comparison (`rlvfast.train.compare`: the base
+method, lambda = 0, then RL^V, both from that start, built on `fit`, one table on held-out `test`
+and `hard` problems); `--no-compare`: RL^V alone and its table.
 A user's error is a `UserError` (one line, exit 2, `rlvfast.cli`); a run that cannot go on, a
 `TrainingError` (one line, exit 1).
 """
