@@ -223,8 +223,9 @@ def comparison(args: argparse.Namespace, results: dict, pools: list[Pool], basel
     """The trainer's comparison (`rlvfast.eval.compare`) of the baseline (as the base method)
     and this run (as RL^V) on --data, the problems matched by id; drawn into OUT/comparison.png."""
     base_results, base_pools = baseline
-    out = compare.compare({args.data: compare.from_results(base_results, base_pools)},
-                          {args.data: compare.from_results(results, pools)})
+    name = Path(args.data).name  # the table's "split": synthetic:test, or the data file's name
+    out = compare.compare({name: compare.from_results(base_results, base_pools)},
+                          {name: compare.from_results(results, pools)})
     compare.plot_comparison(out, Path(args.out) / COMPARISON_PLOT, COMPARISON_NAMES)
     return out
 
