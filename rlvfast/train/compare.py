@@ -101,7 +101,7 @@ def _evaluate_base_model(config: TrainConfig, shared: loop.Shared, splits: dict,
     from rlvfast.sampler import Sampler
 
     model, tokenizer = load_model(setup.start_path(config, log), device=shared.device)
-    shared.tokenizer = shared.tokenizer or tokenizer
+    shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
     sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     evaluated = _evaluate({"base model": sampler}, splits, config, shared, loop.start_eval_samples(config))
     result = {split: e.summary for split, e in evaluated["base model"].items()}

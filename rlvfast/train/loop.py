@@ -179,7 +179,7 @@ def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, lo
     """The model (and reference) loaded, its sampler and optimizer; the first run's tokenizer
     becomes the shared one, a later run uses it (the same model family: the same tokenizer)."""
     model, tokenizer, ref_model = setup.load_models(config, shared.device, resume_from, log)
-    shared.tokenizer = shared.tokenizer or tokenizer
+    shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
     sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     optimizer, scheduler = setup.make_optimizer(model, config)
     return Run(config, model, shared.tokenizer, sampler, optimizer, shared.grader, shared.reward_fn,
