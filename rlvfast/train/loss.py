@@ -92,10 +92,22 @@ def sequence_token_weights(lengths: torch.Tensor, is_valid: torch.Tensor, loss_a
     return weights  # (B,)
 
 
-def verifier_label_weights(is_valid: torch.Tensor) -> torch.Tensor:
-    """1 / (number of labeled samples in the batch) for each labeled sample, else 0. [B]"""
-    valid = is_valid.to(torch.float32)
-    return valid / valid.sum().clamp(min=1.0)
+VERIFIER_AGGS = ("mean", "balanced")
+
+
+def verifier_label_weights(is_valid: torch.Tensor, is_yes: torch.Tensor | None = None) -> torch.Tensor:
+    """Weights of the verifier's labels, summing to 1 over the labeled samples (0 elsewhere). [B]
+    Without `is_yes`: the mean, 1 / (number of labeled samples). With `is_yes` (B,) bool:
+    class-balanced, the "Yes" labels share half of the weight and the "No" labels the other
+    half (all of it when the batch holds one class), so P("Yes") is fit as if right and wrong
+    were equally likely and >= 0.5 is the threshold balanced accuracy asks for."""
+    valid = is_valid.to(torch.float32)  # (B,)
+    if is_yes is None:
+        return valid / valid.sum().clamp(min=1.0)
+    yes = valid * is_yes.to(torch.float32)  # (B,)
+    no = valid - yes  # (B,)
+    num_classes = float(yes.sum() > 0) + float(no.sum() > 0)
+    return (yes / yes.sum().clamp(min=1.0) + no / no.sum().clamp(min=1.0)) / max(num_classes, 1.0)
 
 
 def verifier_labels(rewards: Sequence[float | None], yes_id: int, no_id: int) -> list[int]:

@@ -76,8 +76,9 @@ def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id
     advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
     lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
     token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
-    label_weights = verifier_label_weights(is_valid)  # (B,)
     labels = verifier_labels(rewards, yes_id, no_id)
+    is_yes = torch.tensor([label == yes_id for label in labels]) if config.verifier_agg == "balanced" else None  # (B,)
+    label_weights = verifier_label_weights(is_valid, is_yes)  # (B,)
     return [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
                    float(token_weights[i]), labels[i], float(label_weights[i]))
             for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]

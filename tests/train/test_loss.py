@@ -64,6 +64,17 @@ def test_verifier_labels_and_weights():
                           torch.tensor([1 / 3, 0, 1 / 3, 1 / 3]))
 
 
+def test_balanced_verifier_weights_give_each_class_half():
+    valid = torch.tensor([True, True, True, True, False])
+    is_yes = torch.tensor([True, True, True, False, True])  # 3 Yes, 1 No among the labeled
+    w = verifier_label_weights(valid, is_yes)
+    assert torch.allclose(w, torch.tensor([1 / 6, 1 / 6, 1 / 6, 1 / 2, 0.0]))
+    # one class only: the plain mean
+    assert torch.allclose(verifier_label_weights(valid, torch.ones(5, dtype=torch.bool)),
+                          verifier_label_weights(valid))
+    assert float(verifier_label_weights(torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)).sum()) == 0
+
+
 # ----------------------------------------------------------------------------- the unified loss
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
