@@ -6,7 +6,8 @@ import re
 import pytest
 
 from rlvfast.tasks.grading import Grader, extract_answer
-from rlvfast.tasks.synthetic import SPLITS, Difficulty, evaluate_expression, make_problems, parse_difficulty, solution_text
+from rlvfast.tasks.synthetic import (HELD_OUT_EVERY, SPLITS, Difficulty, evaluate_expression, is_held_out, make_problems,
+                                     parse_difficulty, solution_text)
 
 _STEP_RE = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
 
@@ -24,10 +25,29 @@ def _is_step_wrong(step: tuple[int, str, int, int]) -> bool:
 def test_same_seed_same_problems_and_different_seeds_differ():
     assert make_problems(50, "train", seed=3) == make_problems(50, "train", seed=3)
     assert [p.problem for p in make_problems(50, "train", 3)] != [p.problem for p in make_problems(50, "train", 4)]
-    train = {p.problem for p in make_problems(200, "train", 0)}
-    test = {p.problem for p in make_problems(200, "test", 0)}
-    assert len(train & test) < 100  # the test split draws fresh problems (only 1-digit chains collide)
     assert len({p.id for p in make_problems(100, "hard", 0)}) == 100
+
+
+def test_held_out_splits_are_disjoint_from_every_training_draw():
+    train = {p.problem for p in make_problems(20_000, "train", 0)}  # covers ~all 2330 training texts
+    assert len(train) > 2000
+    for split in ("test", "hard", "ops=3,digits=1"):
+        held_out = [p.problem for p in make_problems(400, split, seed=0)]
+        assert len(set(held_out)) == 400  # distinct
+        assert not set(held_out) & train and all(is_held_out(t) for t in held_out)
+    # the base model's draws (an explicit Difficulty, 2-4 operands) are training draws too
+    for num_operands in (2, 3, 4):
+        texts = [p.problem for p in make_problems(300, Difficulty(num_operands, 1), seed=7)]
+        assert not any(is_held_out(t) for t in texts)
+    # one text in HELD_OUT_EVERY of the whole 3-operand space is held out
+    space = [f"Compute {a}{s}{b}{t}{c}." for a in range(1, 10) for b in range(1, 10) for c in range(1, 10)
+             for s in "+-" for t in "+-"]
+    assert abs(sum(map(is_held_out, space)) / len(space) - 1 / HELD_OUT_EVERY) < 0.02
+
+
+def test_asking_for_more_held_out_problems_than_exist_names_the_split():
+    with pytest.raises(ValueError, match="split 'test' has only about 5[0-9][0-9] distinct held-out problems"):
+        make_problems(700, "test", seed=0)
 
 
 @pytest.mark.parametrize("split, num_operands, num_digits", [
