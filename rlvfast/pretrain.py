@@ -2,7 +2,9 @@
 
 The base model is the warm start the trainer has always used (`rlvfast.train.warm_start`: the
 3 x 128 char-level Llama, supervised on synthetic 2-4-operand arithmetic solutions with wrong
-steps injected at `error_rate`, plus verification rows), trained from a fixed seed. DIR gets
+steps injected at `error_rate`, plus verification rows; then phase 2, judging practice on
+contrastive right/wrong pairs of synthetic solutions), trained from a fixed seed; no held-out
+problem (`synthetic.is_held_out`) is ever drawn. DIR gets
 the Hugging Face directory (config, safetensors weights, tokenizer), `warm_start.json`, and
 the model card: `README.md` for people, `card.json` for programs (`rlvfast.models.read_card`).
 The card records the recipe (WarmStartConfig, WARM_START_VERSION), the training time, pass@1
@@ -36,12 +38,15 @@ EVAL_SAMPLES = 4  # what the trainer's table uses for its starting point
 EVAL_SEED = 1
 CARD_VERSION = 1
 TRAINING_DATA = ("synthetic arithmetic chains `Compute a+b-c.` of single-digit operands, 2, 3 or 4 operands "
-                 "(operand_weights), generated from the seed; solutions written step by step "
-                 "(`a+b=x`, ..., `\\boxed{y}`) with each step wrong (off by 1-3, carried on) with "
-                 "probability error_rate; loss on solution + <eos>. Each batch also holds verify_rows "
-                 "verification rows [prompt, solution with wrong steps at verify_error_rate, verify prompt, "
-                 "Yes/No] with the loss on the label only (they teach the format and base rate). "
-                 "verifier_steps > 0 adds contrastive right/wrong pairs (phase 2).")
+                 "(operand_weights), generated from the seed, never a held-out text (`synthetic.is_held_out`); "
+                 "solutions written step by step (`a+b=x`, ..., `\\boxed{y}`) with each step wrong (off by 1-3, "
+                 "carried on) with probability error_rate; loss on solution + <eos>. Each batch also holds "
+                 "verify_rows verification rows [prompt, solution with wrong steps at verify_error_rate, verify "
+                 "prompt, Yes/No] with the loss on the label only (they teach the format and base rate). Then "
+                 "verifier_steps steps of judging practice (phase 2): contrastive pairs, one problem solved "
+                 "right and with wrong steps (synthetic errors, not the model's own), label loss averaged on "
+                 "its own, plus solution rows that keep the reasoner: the judging ability a pretrained LLM "
+                 "brings to RL^V.")
 
 
 def build_parser() -> CommandParser:
@@ -60,7 +65,7 @@ def build_parser() -> CommandParser:
                         help="steps of the optional contrastive verifier phase (default: %(default)s, off)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data and the updates "
                         "(default: %(default)s)")
-    parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per split for the "
+    parser.add_argument("--eval-problems", type=int, default=400, help="held-out problems per split for the "
                         "card's numbers (default: %(default)s; 0 = none)")
     return parser
 
@@ -102,8 +107,8 @@ def evaluate_base(model_dir: Path, num_problems: int, log=print) -> dict:
 
 def held_out_overlap(config, num_problems: int) -> dict:
     """split -> how many of its `num_problems` evaluation problems appear, as text, among the
-    problems the warm start trains on (`seen_problems`). The splits use other seeds, not
-    other problems: 1-digit chains have few distinct texts (3 operands: 9^3 * 4 = 2916)."""
+    problems the warm start trains on (`seen_problems`): 0 by construction (held-out texts are
+    never drawn for training), counted so the card shows it rather than asserts it."""
     from rlvfast.tasks.synthetic import make_problems
     from rlvfast.train.warm_start import seen_problems
 
@@ -177,16 +182,15 @@ def card_markdown(card: dict) -> str:
     if overlap:
         seen = ", ".join(f"{s} {o['seen_in_training']} of {o['of']}" for s, o in overlap["splits"].items())
         lines += ["## Held-out problems and training", "",
-                  "`test` (3 operands) and `hard` (4 operands) come from `make_problems(n, split, seed=0)`, "
-                  "whose random streams differ from the training ones; the problem texts are not excluded "
-                  f"from training. Evaluation problems whose text the training also drew: {seen} "
-                  f"({overlap['distinct_training_problems']} distinct training problems; 3-operand "
-                  "single-digit chains have only 2916 distinct texts). The training solutions carry "
-                  "injected errors, so a seen problem was seen with right and wrong solutions.", ""]
+                  "`test` (3 operands) and `hard` (4 operands) come from `make_problems(n, split, seed=0)`: "
+                  "distinct problems of the held-out pool (`synthetic.is_held_out`, one text in "
+                  "HELD_OUT_EVERY), which no training draw takes. Evaluation problems whose text the training "
+                  f"drew, counted by replaying its draws: {seen} ({overlap['distinct_training_problems']} "
+                  "distinct training problems).", ""]
     return "\n".join(lines)
 
 
-def pretrain(out: str | os.PathLike, config, eval_problems: int = 200, command: str = "", log=print) -> dict:
+def pretrain(out: str | os.PathLike, config, eval_problems: int = 400, command: str = "", log=print) -> dict:
     """Trains the base model for `config` (a WarmStartConfig) into `out` with its card; returns the card."""
     from rlvfast.train.warm_start import train_warm_start
 

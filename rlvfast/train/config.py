@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from rlvfast.cli import CommandParser, UserError
-from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, LossConfig
+from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, VERIFIER_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
 
 # options a --resume may change: they do not change what the run computes
+LR_SCHEDULES = ("constant", "cosine")
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
                                "max_bad_steps", "log_every", "micro_batch", "device", "eval_problems",
                                "eval_samples", "eval_splits", "compare"})
@@ -67,8 +68,13 @@ class TrainConfig:
     algo: str = _opt("grpo", "grpo: (r - mean) / std; rloo: leave-one-out baseline (r - mean of the "
                      "others), i.e. leave-one-out PPO; drgrpo: r - mean, no std, constant normalizer",
                      choices=ALGOS)
-    verifier_coef: float = _opt(1.0, "lambda in J = J_RL + lambda * J_verify (the paper's 1.0); 0 = the base "
-                                "method alone")
+    verifier_coef: float = _opt(0.05, "lambda in J = J_RL + lambda * J_verify; 0 = the base method alone. The "
+                                "paper uses 1.0; the tiny default's verifier gradient is ~7x its policy "
+                                "gradient, and under Adam a larger lambda slows the policy (1.0: pass@1 0.61 "
+                                "vs 0.77 without the verifier), hence 0.05 (docs/design/trainer.md)")
+    verifier_agg: str = _opt("balanced", "how the verifier loss averages its labels: mean (each sample alike) or "
+                             "balanced (the Yes and the No labels of a step each half the weight)",
+                             choices=VERIFIER_AGGS)
     clip_low: float = _opt(0.2, "PPO clip: ratio >= 1 - clip_low (TRL/verl default 0.2)")
     clip_high: float = _opt(0.2, "PPO clip: ratio <= 1 + clip_high (TRL/verl default 0.2; DAPO uses 0.28)")
     kl_coef: float = _opt(0.0, "KL penalty to the frozen initial model with the k3 estimator, as TRL's beta "
@@ -81,16 +87,18 @@ class TrainConfig:
     micro_batch: int = _opt(64, "samples per forward/backward (memory only: the gradient is the same)")
     ppo_epochs: int = _opt(1, "optimizer steps per batch of rollouts (1 = on-policy, ratio 1, as TRL's "
                            "num_iterations=1)")
-    lr: float = _opt(3e-5, "AdamW learning rate (the tiny model's; 1e-4 and above degrade its policy; "
+    lr: float = _opt(1e-4, "AdamW peak learning rate (the tiny model's; 3e-4 collapses its policy; "
                      "~1e-6 for real LLMs)")
     weight_decay: float = _opt(0.0, "AdamW weight decay (TRL default 0)")
-    warmup: int = _opt(10, "linear learning-rate warmup steps, then constant (TRL default: constant)")
+    warmup: int = _opt(10, "linear learning-rate warmup steps, then --lr-schedule")
+    lr_schedule: str = _opt("cosine", "after the warmup: constant (TRL's GRPO default) or cosine (decay to 10%% "
+                            "of --lr at the last step)", choices=LR_SCHEDULES)
     max_grad_norm: float = _opt(1.0, "gradient clipping by global norm (TRL default 1.0)")
     max_new_tokens: int = _opt(48, "max tokens per solution", aliases=("--max-tokens",))
     temperature: float = _opt(1.0, "sampling temperature (the policy loss uses the same one)")
     verify_prompt: str | None = _opt(None, "text between a solution and the Yes/No label; default: the "
                                      "sampler's (the chat template's own turn), or a short one for 'tiny'")
-    steps: int = _opt(300, "optimizer steps of RL (on --resume: the new total, to extend a run)")
+    steps: int = _opt(500, "optimizer steps of RL (on --resume: the new total, to extend a run)")
     seed: int = _opt(0, "seed of data order, sampling and initialization")
     checkpoint_every: int = _opt(20, "write a checkpoint every K steps (and at the end)")
     keep_last: int = _opt(2, "checkpoints to keep (older ones are deleted after the new one is complete)")
@@ -102,7 +110,7 @@ class TrainConfig:
                           "progress bar instead); 0 = never")
     device: str = _opt("auto", "auto (cuda if available, else cpu), cpu or cuda; bf16 autocast on cuda")
     # ---- the end-of-run evaluation (synthetic data only)
-    eval_problems: int = _opt(200, "held-out problems per split for the final table (0 = no table; "
+    eval_problems: int = _opt(400, "held-out problems per split for the final table (0 = no table; "
                               "synthetic --data only: evaluate other data with python -m rlvfast.eval)")
     eval_samples: int = _opt(16, "samples per problem for the final table (N for voting up to this)")
     eval_splits: list[str] = _opt(("test", "hard"), "synthetic splits of the final table")
@@ -114,10 +122,11 @@ class TrainConfig:
                                 "--verifier-coef > 0")
     warm_start_steps: int = _opt(WarmStartConfig.__dataclass_fields__["steps"].default,
                                  "supervised warm-start steps of the tiny model (cached by its config)")
-    warm_start_verifier_steps: int = _opt(0, "steps of the tiny model's optional verifier warm start after "
-                                          "the supervised one: contrastive right/wrong pairs, label loss "
-                                          "averaged on its own (0 = off; ~400 teach the verifier and take "
-                                          "~2.5 min on 2 quiet CPU cores)")
+    warm_start_verifier_steps: int = _opt(WarmStartConfig.__dataclass_fields__["verifier_steps"].default,
+                                          "judging-practice steps of the tiny base model after its supervised "
+                                          "ones (contrastive right/wrong pairs of synthetic solutions); the "
+                                          "default is the shipped base's; other values train and cache "
+                                          "their own base (~0.4 s per step on 2 CPU cores)")
 
     def __post_init__(self) -> None:
         self.eval_splits = list(self.eval_splits)
@@ -127,6 +136,10 @@ class TrainConfig:
             self.loss_agg = DEFAULT_LOSS_AGG[self.algo]
         if self.loss_agg not in LOSS_AGGS:
             raise UserError(f"--loss-agg must be one of {LOSS_AGGS}, got {self.loss_agg!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.verifier_agg not in VERIFIER_AGGS:
+            raise UserError(f"--verifier-agg must be one of {VERIFIER_AGGS}, got {self.verifier_agg!r}")
         _check_ints(self, ("group_size", "prompts_per_step", "micro_batch", "ppo_epochs", "max_new_tokens",
                            "steps", "checkpoint_every", "keep_last", "max_bad_steps", "eval_samples",
                            "warm_start_steps"), minimum=1)
