@@ -51,7 +51,8 @@ def rewards_module(tmp_path, monkeypatch):
 
 def config(micro_dir, out, **overrides) -> TrainConfig:
     values = dict(model=str(micro_dir), out=str(out), steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8,
-                  micro_batch=5, eval_problems=0, verify_prompt="\nOK?\n", checkpoint_every=1, lr=1e-2, warmup=0)
+                  micro_batch=5, eval_problems=0, verify_prompt="\nOK?\n", checkpoint_every=1, lr=1e-2, warmup=0,
+                  lr_schedule="constant")  # constant: --resume may extend --steps without changing the lr
     values.update(overrides)
     return TrainConfig(**values)
 

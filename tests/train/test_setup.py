@@ -20,7 +20,7 @@ def lrs(config: TrainConfig) -> list[float]:
 
 
 def test_constant_after_a_linear_warmup():
-    values = lrs(TrainConfig(steps=8, warmup=4, lr=1e-3))
+    values = lrs(TrainConfig(steps=8, warmup=4, lr=1e-3, lr_schedule="constant"))
     assert values == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
 
 

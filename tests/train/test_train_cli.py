@@ -150,7 +150,7 @@ def test_resume_differences_name_only_what_changes_the_run():
     now = TrainConfig(lr=1e-3, steps=600, eval_problems=0, micro_batch=8, algo="drgrpo")
     assert resume_differences(saved, now) == ["--algo drgrpo (checkpoint: grpo)",
                                               "--loss-agg constant (checkpoint: token-mean)",
-                                              "--lr 0.001 (checkpoint: 3e-05)"]
+                                              "--lr 0.001 (checkpoint: 0.0001)"]
     del saved["lr"]  # an older checkpoint without the field: not compared
     assert resume_differences(saved, TrainConfig(lr=1e-3)) == []
 
