@@ -78,9 +78,6 @@ class WarmStartConfig:
     verifier_lr: float = 1e-3
     verifier_solution_rows: int = 32
     verifier_pairs: int = 64
-    # operand counts of phase 2's problems (None: operand_weights): judging practice on longer
-    # chains than the reasoner mostly trains on
-    verifier_operand_weights: dict[int, float] | None = None
     seed: int = 0
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
@@ -105,18 +102,17 @@ class WarmStartConfig:
             raise ValueError(f"WarmStartConfig.verify_rows must be an int >= 0, got {self.verify_rows!r}")
         if isinstance(self.model, dict):
             self.model = TinyModelConfig(**self.model)
-        self.operand_weights = _checked_weights("operand_weights", self.operand_weights)
-        if self.verifier_operand_weights is not None:
-            self.verifier_operand_weights = _checked_weights("verifier_operand_weights", self.verifier_operand_weights)
+        self.operand_weights = {int(k): float(v) for k, v in self.operand_weights.items()}
+        if not self.operand_weights or any(k < 2 or v < 0 for k, v in self.operand_weights.items()) \
+                or sum(self.operand_weights.values()) <= 0:
+            raise ValueError("WarmStartConfig.operand_weights must map operand counts >= 2 to "
+                             f"non-negative weights with a positive sum, got {self.operand_weights!r}")
 
     def cache_key(self) -> str:
         fields = asdict(self)
-        if fields["verifier_operand_weights"] is None:  # the key from before the field existed
-            del fields["verifier_operand_weights"]
         if not self.verifier_steps:  # phase 2 off: the same key as before phase 2 existed
-            for name in ("verifier_steps", "verifier_lr", "verifier_solution_rows", "verifier_pairs",
-                         "verifier_operand_weights"):
-                fields.pop(name, None)
+            for name in ("verifier_steps", "verifier_lr", "verifier_solution_rows", "verifier_pairs"):
+                del fields[name]
         blob = json.dumps({"version": WARM_START_VERSION, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -125,18 +121,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RLVFAST_CACHE", Path.home() / ".cache" / "rlvfast")) / "warm_start"
 
 
-def _checked_weights(name: str, weights: dict) -> dict[int, float]:
-    weights = {int(k): float(v) for k, v in weights.items()}
-    if not weights or any(k < 2 or v < 0 for k, v in weights.items()) or sum(weights.values()) <= 0:
-        raise ValueError(f"WarmStartConfig.{name} must map operand counts >= 2 to non-negative weights "
-                         f"with a positive sum, got {weights!r}")
-    return weights
-
-
-def _problem(rng: random.Random, config: WarmStartConfig, seed: int, weights: dict[int, float] | None = None):
-    weights = weights or config.operand_weights
-    counts = list(weights)
-    num_operands = rng.choices(counts, [weights[k] for k in counts])[0]
+def _problem(rng: random.Random, config: WarmStartConfig, seed: int):
+    counts = list(config.operand_weights)
+    num_operands = rng.choices(counts, [config.operand_weights[k] for k in counts])[0]
     return make_problems(1, Difficulty(num_operands, 1), seed=seed)[0]
 
 
@@ -192,7 +179,7 @@ def verifier_batch_texts(rng: random.Random, config: WarmStartConfig, problem_se
     contrastive pairs (the correct solution, then one with wrong steps)."""
     rows = []
     for i in range(config.verifier_solution_rows + config.verifier_pairs):
-        problem = _problem(rng, config, problem_seed * 1000 + i, config.verifier_operand_weights)
+        problem = _problem(rng, config, problem_seed * 1000 + i)
         if i < config.verifier_solution_rows:
             rows.append((problem, [solution_text(problem, config.error_rate, rng)], False))
             continue
