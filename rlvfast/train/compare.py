@@ -160,9 +160,9 @@ def _evaluate(samplers: dict, splits: dict, config: TrainConfig, shared: loop.Sh
 
 def _phase_times(configs: list[TrainConfig], eval_seconds: float, wall_seconds: float) -> dict:
     """Seconds per phase: sampling, grading and update summed over both runs' steps (from their
-    metrics.jsonl, so a resumed run's earlier steps count), the evaluations, and "load": the
-    rest of the wall time (loading models, checkpoints, the table), 0 when earlier steps of a
-    resumed run make the others add up to more."""
+    metrics.jsonl, so a resumed run's earlier steps count), the evaluations, and "other": the
+    rest of the wall time (loading models, the checkpoints, the table), 0 when earlier steps
+    of a resumed run make the others add up to more."""
     times = dict.fromkeys(STEP_TIMES, 0.0)
     for config in configs:
         for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines():
@@ -170,5 +170,5 @@ def _phase_times(configs: list[TrainConfig], eval_seconds: float, wall_seconds: 
             for phase in STEP_TIMES:
                 times[phase] += metrics.get(f"time/{phase}") or 0.0
     times["eval"] = eval_seconds
-    times["load"] = max(0.0, wall_seconds - sum(times.values()))
+    times["other"] = max(0.0, wall_seconds - sum(times.values()))
     return times
