@@ -4,10 +4,10 @@ hand-made dict, the table and the PNG; and `python -m rlvfast.eval --baseline` d
 from two finished evaluations. (Named test_eval_compare: tests/train/test_compare.py exists,
 and pytest's default import mode needs distinct basenames.)"""
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scripted_sampler import ScriptedSampler
 
 import rlvfast.sampler
 from rlvfast.cli import UserError
@@ -15,7 +15,6 @@ from rlvfast.eval import compare
 from rlvfast.eval import run as rlv_eval
 from rlvfast.eval.samples import short_summary
 from rlvfast.eval.scaling import Pool, parallel_accuracy, verifier_metrics
-from rlvfast.tasks.synthetic import evaluate_expression, solution_text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -140,28 +139,6 @@ def test_compare_needs_the_same_problems_and_n():
 
 
 # ----------------------------------------------------------------------------- python -m rlvfast.eval --baseline
-class ScriptedSampler:
-    """Stands in for rlvfast.sampler.Sampler: synthetic solutions with 40% wrong steps, scores
-    that favour right answers; samples depend on the seed and the prompt only."""
-
-    def __init__(self, model, tokenizer, verify_prompt=None):
-        self.tokenizer = tokenizer
-
-    def generate(self, prompts, params, score=True, progress=False, score_at=()):
-        outputs = []
-        for prompt in prompts:
-            rng = random.Random(f"{params.seed}:{prompt}")
-            gold = f"\\boxed{{{evaluate_expression(prompt[len('Compute '):-1])}}}"
-            completions = []
-            for _ in range(params.n):
-                text = solution_text(prompt, error_rate=0.4, rng=rng)
-                score = 0.3 + 0.7 * rng.random() if text.endswith(gold) else 0.8 * rng.random()
-                completions.append(SimpleNamespace(text=text, token_ids=text.split(), finish_reason="stop",
-                                                   budget_scores={}, score=round(score, 6)))
-            outputs.append(SimpleNamespace(prompt=prompt, completions=completions))
-        return outputs
-
-
 @pytest.fixture
 def scripted(monkeypatch):
     monkeypatch.setattr(rlvfast.sampler, "Sampler", ScriptedSampler)

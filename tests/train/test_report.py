@@ -6,40 +6,17 @@ A scripted sampler stands in for the model: synthetic solutions with 40% wrong s
 scores that favour right answers, so votes and the verifier's metrics are not all 0.
 """
 import json
-import random
-from types import SimpleNamespace
 
 import pytest
+from scripted_sampler import ScriptedSampler
 
 import rlvfast.models
 import rlvfast.sampler
 from rlvfast.eval import run as rlv_eval
 from rlvfast.tasks.grading import Grader
-from rlvfast.tasks.synthetic import evaluate_expression, make_problems, solution_text
+from rlvfast.tasks.synthetic import make_problems
 from rlvfast.train import report
 from rlvfast.train.config import TrainConfig
-
-
-class ScriptedSampler:
-    """Prompts are bare problem texts; samples depend on the seed and the prompt only."""
-
-    def __init__(self, model=None, tokenizer=None, verify_prompt=None):
-        self.tokenizer = tokenizer
-
-    def generate(self, prompts, params, score=True, progress=False, score_at=()):
-        outputs = []
-        for prompt in prompts:
-            rng = random.Random(f"{params.seed}:{prompt}")
-            gold = str(evaluate_expression(prompt[len("Compute "):-1]))
-            completions = []
-            for _ in range(params.n):
-                text = solution_text(prompt, error_rate=0.4, rng=rng)
-                right = text.endswith(f"\\boxed{{{gold}}}")
-                score = round(0.3 + 0.7 * rng.random() if right else 0.8 * rng.random(), 6)
-                completions.append(SimpleNamespace(text=text, token_ids=text.split(), finish_reason="stop",
-                                                   budget_scores={}, score=score))
-            outputs.append(SimpleNamespace(prompt=prompt, completions=completions))
-        return outputs
 
 
 @pytest.fixture
