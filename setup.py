@@ -69,7 +69,8 @@ setup(
     ext_modules=[CMakeExtension("rlvfast._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
-        "torch==2.13.0",
+        # a range, not a pin: users keep their own (CUDA) torch; the README and CI install 2.13.0 (CPU)
+        "torch>=2.4,<3",
         "triton>=3.3,<4",
         "transformers>=5.0,<6",
         "safetensors>=0.4",
