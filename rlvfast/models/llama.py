@@ -3,45 +3,86 @@
 `rlvfast.sampler.fast_trunk.FastTrunk` (decode through a KV cache, no grad) and
 `rlvfast.train.forward.read_hidden` (packed rows with shared prompts, with grad) run the
 same layer math, written here once: RMSNorm (`rms_norm`), the rotary embedding (`rotate`),
-the fused q/k/v split into heads (`split_heads`), grouped-query attention through SDPA
-(`attention`), the SiLU-gated MLP and one layer's fused weights (`FusedLayer`), and the set
-of models this math reproduces (`supports`). It is the math of the Hugging Face modules
-it reads, op for op, so results match theirs up to float rounding.
+the fused q/k/v split into heads with Qwen3's per-head q/k RMSNorm where the model has one
+(`split_heads`), grouped-query attention through SDPA (`attention`), the SiLU-gated MLP and
+one layer's fused weights (`FusedLayer`), and the set of models this math reproduces
+(`supports`; `unsupported_reason` says why a model is refused, `warn_unsupported` says it once).
+It is the math of the Hugging Face modules it reads, op for op, so results match theirs up to
+float rounding.
 
 Not here: caches, packing, prefix sharing or which positions are computed (the two callers),
 the LM head and the losses.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-_SUPPORTED = {"llama", "qwen2"}
+_SUPPORTED = {"llama", "qwen2", "qwen3"}
 _LAYER_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """A Llama/Qwen2 trunk this math reproduces: SiLU MLP without bias, no sliding window,
-    no q/k norms, no bias on o_proj, no tensor-parallel split of the weights."""
+    """A Llama/Qwen2/Qwen3 trunk this math reproduces (see `unsupported_reason`)."""
+    return unsupported_reason(model) is None
+
+
+def warn_unsupported(model: torch.nn.Module, path: str, reason: str | None = None) -> bool:
+    """`supports(model)` (False too when the caller gives its own `reason`); when refused, ONE
+    warning per reason and caller (`path`, e.g. "the sampler's fast trunk") naming the
+    model_type and the reason: that path runs HF's forward instead."""
+    reason = reason or unsupported_reason(model)
+    if reason is not None:
+        model_type = getattr(model.config, "model_type", None)
+        warnings.warn(f"rlvfast: {path} does not support model_type {model_type!r} ({reason}); "
+                      f"using the Hugging Face forward", stacklevel=2)
+    return reason is None
+
+
+def unsupported_reason(model: torch.nn.Module) -> str | None:
+    """None for a trunk this math reproduces: Llama, Qwen2 or Qwen3, SiLU MLP without bias, full
+    attention (no sliding window), no bias on o_proj, per-head q/k norms or none, no
+    tensor-parallel split of the weights; else what is not reproduced, in a few words."""
     config, trunk = model.config, getattr(model, "base_model", None)
-    if getattr(config, "model_type", None) not in _SUPPORTED or trunk is model or trunk is None:
-        return False
-    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "use_sliding_window", False):
-        return False
-    if getattr(config, "pretraining_tp", 1) != 1 or getattr(config, "mlp_bias", False):
-        return False
-    for layer in getattr(trunk, "layers", []):
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is None or mlp is None or any(not hasattr(attn, p) for p in _LAYER_PARTS):
-            return False
-        if any(not hasattr(mlp, p) for p in _MLP_PARTS) or hasattr(attn, "q_norm"):
-            return False
-        if getattr(attn.o_proj, "bias", None) is not None:
-            return False
-    return all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb", "norm", "layers"))
+    if getattr(config, "model_type", None) not in _SUPPORTED:
+        return f"only {sorted(_SUPPORTED)} are"
+    if trunk is model or trunk is None or not all(hasattr(trunk, a) for a in ("embed_tokens", "rotary_emb",
+                                                                               "norm", "layers")):
+        return "no decoder trunk with embed_tokens, rotary_emb, norm and layers"
+    if getattr(config, "hidden_act", None) != "silu":
+        return f"hidden_act={getattr(config, 'hidden_act', None)!r}, only 'silu' is"
+    if getattr(config, "mlp_bias", False):
+        return "mlp_bias=True"
+    layer_types = getattr(config, "layer_types", None) or ()
+    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+        return "sliding-window attention"
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return f"pretraining_tp={config.pretraining_tp}"
+    return next(filter(None, map(_layer_reason, trunk.layers)), None)
+
+
+def _layer_reason(layer: torch.nn.Module) -> str | None:
+    """What in one decoder layer this math does not reproduce, or None."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None or any(not hasattr(attn, p) for p in _LAYER_PARTS):
+        return "a layer without self_attn.{q,k,v,o}_proj"
+    if any(not hasattr(mlp, p) for p in _MLP_PARTS) or getattr(attn.o_proj, "bias", None) is not None:
+        return "a layer without a gated MLP, or with a bias on o_proj"
+    norms = [getattr(attn, n, None) for n in ("q_norm", "k_norm")]
+    if any(n is not None for n in norms) and not all(_is_head_norm(n, attn) for n in norms):
+        return "q/k norms other than an RMSNorm per head"
+    return None
+
+
+def _is_head_norm(norm: torch.nn.Module | None, attn: torch.nn.Module) -> bool:
+    """An RMSNorm (weight, variance_epsilon) over one head's head_dim, as Qwen3's q_norm/k_norm."""
+    weight = getattr(norm, "weight", None)
+    return (weight is not None and hasattr(norm, "variance_epsilon")
+            and tuple(weight.shape) == (getattr(attn, "head_dim", None),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +117,13 @@ def to_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], num_heads, head_dim).transpose(1, 2)
 
 
-def split_heads(qkv: torch.Tensor, shape: HeadShape, cos: torch.Tensor, sin: torch.Tensor):
-    """(B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd); q and k rotated
-    with cos/sin (B, 1, T, hd)."""
-    nh, nkv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+def split_heads(qkv: torch.Tensor, layer: FusedLayer, cos: torch.Tensor, sin: torch.Tensor):
+    """(B, T, (nh + 2 nkv) hd) -> q (B, nh, T, hd), k and v (B, nkv, T, hd); q and k normed per
+    head where the layer has q/k norms (Qwen3), then rotated with cos/sin (B, 1, T, hd)."""
+    nh, nkv, hd = layer.shape.num_heads, layer.shape.num_kv_heads, layer.shape.head_dim
     q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    return rotate(to_heads(q, nh, hd), cos, sin), rotate(to_heads(k, nkv, hd), cos, sin), to_heads(v, nkv, hd)
+    q, k = layer.norm_q(to_heads(q, nh, hd)), layer.norm_k(to_heads(k, nkv, hd))
+    return rotate(q, cos, sin), rotate(k, cos, sin), to_heads(v, nkv, hd)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
@@ -104,14 +146,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return out.transpose(1, 2).reshape(rows, num_q, nh * hd)
 
 
-class FusedLayer:
-    """One decoder layer's weights with q/k/v and gate/up concatenated, and its norms: 7
-    matmuls become 4. Built under no_grad (the sampler, rebuilt every generate()) they are
-    plain copies; built with grad enabled (the trainer, every forward) the concatenation is
-    in the graph, so gradients reach the model's own parameters."""
+def _norm_parts(norm: torch.nn.Module | None) -> tuple[torch.Tensor, float] | None:
+    """(weight, eps) of an RMSNorm module, None for no module."""
+    return None if norm is None else (norm.weight, norm.variance_epsilon)
 
-    def __init__(self, layer: torch.nn.Module) -> None:
+
+class FusedLayer:
+    """One decoder layer's weights with q/k/v and gate/up concatenated, its norms (the per-head
+    q/k norms too where the model has them, Qwen3) and head shape: 7 matmuls become 4. Built
+    under no_grad (the sampler, rebuilt every generate()) they are plain copies; built with
+    grad enabled (the trainer, every forward) the concatenation is in the graph, so gradients
+    reach the model's own parameters."""
+
+    def __init__(self, layer: torch.nn.Module, shape: HeadShape) -> None:
         attn, mlp = layer.self_attn, layer.mlp
+        self.shape = shape
         parts = (attn.q_proj, attn.k_proj, attn.v_proj)
         self.qkv = torch.cat([m.weight for m in parts])  # ((nh + 2 nkv) hd, H)
         self.qkv_bias = None if parts[0].bias is None else torch.cat([m.bias for m in parts])
@@ -122,6 +171,15 @@ class FusedLayer:
         self.scaling = attn.scaling
         self.norm_in = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.q_norm, self.k_norm = (_norm_parts(getattr(attn, n, None)) for n in ("q_norm", "k_norm"))
+
+    def norm_q(self, q: torch.Tensor) -> torch.Tensor:
+        """Qwen3's per-head RMSNorm of q (..., hd) before RoPE; q itself without one."""
+        return q if self.q_norm is None else rms_norm(q, *self.q_norm)
+
+    def norm_k(self, k: torch.Tensor) -> torch.Tensor:
+        """Qwen3's per-head RMSNorm of k (..., hd) before RoPE; k itself without one."""
+        return k if self.k_norm is None else rms_norm(k, *self.k_norm)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., (nh + 2 nkv) hd): the fused q/k/v projection of the normed input."""

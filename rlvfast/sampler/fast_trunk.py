@@ -1,4 +1,4 @@
-"""`FastTrunk`: a lean forward of Llama-family decoder trunks (Llama, Mistral-less, Qwen2).
+"""`FastTrunk`: a lean forward of Llama-family decoder trunks (Llama, Qwen2, Qwen3).
 
 The layer math is `rlvfast.models.llama` (RMSNorm, rotary embedding, GQA attention through
 SDPA, SiLU-gated MLP, fused q/k/v and gate/up weights), the one copy the trainer's forward also
@@ -10,8 +10,9 @@ rebuilt at the start of every generate() (`refresh`), so a model trained between
 sampled with stale weights, whatever optimizer updated it. Only the last position gets the
 final norm, and in a forward of several tokens (prefill, verification) the last layer computes
 keys/values for all of them but the rest for the last one only. Anything else (another
-architecture, a sliding window, q/k norms, a non-SiLU MLP) is refused by
-`FastTrunk.supports` and runs through the HF trunk.
+architecture, a sliding window, a non-SiLU MLP; `llama.unsupported_reason`) is refused by
+`FastTrunk.supports`, with one warning naming the model_type and why, and runs through the
+HF trunk.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class FastTrunk:
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
-        return llama.supports(model)
+        """`llama.supports(model)`, warning once when the sampler falls back to the HF trunk."""
+        return llama.warn_unsupported(model, "the sampler's fast trunk")
 
     def refresh(self) -> None:
         """Rebuilds the fused weights from the model's parameters as they are now. The Sampler
@@ -38,7 +40,7 @@ class FastTrunk:
         changed, since a fused optimizer (AdamW(fused=True)) and `.data` writes update them in
         place without bumping `_version`."""
         with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference mode
-            self._weights = [FusedLayer(layer) for layer in self.trunk.layers]
+            self._weights = [FusedLayer(layer, self.shape) for layer in self.trunk.layers]
 
     def last_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """input_ids (B, T), positions (B, T), additive mask (B, 1, T, S) -> final-norm hidden (B, H) of column T-1."""
@@ -56,7 +58,7 @@ class FastTrunk:
                 q, k, v = self._last_query_heads(w, h, cos, sin)
                 h, mask = h[:, -1:], mask[:, :, -1:]
             else:
-                q, k, v = split_heads(w.project(h), self.shape, cos, sin)  # (B, nh, T, hd), (B, nkv, T, hd) x2
+                q, k, v = split_heads(w.project(h), w, cos, sin)  # (B, nh, T, hd), (B, nkv, T, hd) x2
             k, v = cache.update(k, v, layer_idx)  # (B, nkv, S, hd)
             h = w.mlp_block(h + F.linear(attention(q, k, v, mask, w.scaling), w.o))
         norm = self.trunk.norm
@@ -68,5 +70,5 @@ class FastTrunk:
         x = rms_norm(h, *w.norm_in)
         q = F.linear(x[:, -1:], *w.q_rows())  # (B, 1, nh hd)
         k, v = F.linear(x, *w.kv_rows()).split([nkv * hd, nkv * hd], dim=-1)
-        q = rotate(to_heads(q, nh, hd), cos[:, :, -1:], sin[:, :, -1:])
-        return q, rotate(to_heads(k, nkv, hd), cos, sin), to_heads(v, nkv, hd)
+        q = rotate(w.norm_q(to_heads(q, nh, hd)), cos[:, :, -1:], sin[:, :, -1:])
+        return q, rotate(w.norm_k(to_heads(k, nkv, hd)), cos, sin), to_heads(v, nkv, hd)

@@ -23,8 +23,8 @@ Same math as the HF modules: RMSNorm statistics in float32, the model's rotary e
 and the rows re-indexed into its output.
 
 Not here: the loss (`rlvfast.train.loss`), the optimizer, and any model `supports` refuses
-(another architecture, biased o_proj/MLP, attention dropout, q/k norms): those use the HF
-trunk.
+(another architecture, biased o_proj/MLP, a sliding window, attention dropout; one warning
+names the model_type and why): those use the HF trunk.
 """
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ from rlvfast.train.loss import RowBatch
 
 
 def supports(model: torch.nn.Module) -> bool:
-    """A Llama-family trunk this forward reproduces (`llama.supports`, no attention dropout)."""
-    return llama.supports(model) and not getattr(model.config, "attention_dropout", 0.0)
+    """A Llama-family trunk this forward reproduces (`llama.supports`, no attention dropout);
+    one warning per reason when the trainer falls back to HF's padded forward."""
+    dropout = getattr(model.config, "attention_dropout", 0.0)
+    return llama.warn_unsupported(model, "the trainer's packed forward",
+                                  f"attention_dropout={dropout}" if dropout else None)
 
 
 def _group_prefixes(input_ids: torch.Tensor, prefix_lengths: Sequence[int]) -> tuple[list[list[int]], list[int]]:
@@ -99,7 +102,7 @@ def _pack(input_ids: torch.Tensor, lengths: Sequence[int], prefix_lengths: list[
                     read_suffix, read_packed)
 
 
-def _prefix_kv(trunk: torch.nn.Module, layers: list[FusedLayer], shape: HeadShape,
+def _prefix_kv(trunk: torch.nn.Module, layers: list[FusedLayer],
                prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys/values (U, nkv, P, hd) of every layer for the distinct prefixes, causally (right
     padding is harmless); the last layer's output is never read, so it is not computed."""
@@ -109,7 +112,7 @@ def _prefix_kv(trunk: torch.nn.Module, layers: list[FusedLayer], shape: HeadShap
     cos, sin = (x[:, None] for x in trunk.rotary_emb(h, positions))  # (U, 1, P, hd)
     prefix_kv = []
     for i, layer in enumerate(layers):
-        q, k, v = split_heads(layer.project(h), shape, cos, sin)
+        q, k, v = split_heads(layer.project(h), layer, cos, sin)
         prefix_kv.append((k, v))
         if i < len(layers) - 1:
             h = h + F.linear(attention(q, k, v, None, layer.scaling), layer.o)
@@ -138,8 +141,8 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
     pack = _pack(input_ids, lengths, [int(n) for n in prefix_lengths], read_index)
     rows, s_width = pack.suffix_ids.shape
     p_width = pack.prefix_ids.shape[1]
-    layers = [FusedLayer(layer) for layer in trunk.layers]
-    prefix_kv = _prefix_kv(trunk, layers, shape, pack.prefix_ids) if p_width > 0 else []
+    layers = [FusedLayer(layer, shape) for layer in trunk.layers]
+    prefix_kv = _prefix_kv(trunk, layers, pack.prefix_ids) if p_width > 0 else []
 
     # the suffixes: attend to [own prefix (masked to its length), suffix causally]
     h = trunk.embed_tokens(pack.suffix_ids.reshape(-1).index_select(0, pack.real))  # (Ntok, H)
@@ -149,7 +152,7 @@ def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequen
     for i, layer in enumerate(layers):
         qkv = layer.project(h)  # (Ntok, (nh + 2 nkv) hd)
         qkv = qkv.new_zeros(rows * s_width, qkv.shape[-1]).index_copy(0, pack.real, qkv)  # (B*S, ...) zero-padded
-        q, k, v = split_heads(qkv.view(rows, s_width, -1), shape, cos, sin)
+        q, k, v = split_heads(qkv.view(rows, s_width, -1), layer, cos, sin)
         if p_width > 0:
             pk, pv = prefix_kv[i]
             k = torch.cat([pk.index_select(0, pack.group), k], dim=2)  # (B, nkv, P + S, hd)
