@@ -357,12 +357,13 @@ def parse_config(argv: list[str] | None = None,
     config_path = args.pop("config", None)
     values = read_config_file(config_path) if config_path else {}
     values.update(args)
+    given_by_user = set(values)  # not those read back from a checkpoint below
     if values.get("resume") and saved_config is not None:
         names = {f.name for f in fields(TrainConfig)} - {"out", "resume", "overwrite"}
         saved = saved_config(values.get("out", TrainConfig.__dataclass_fields__["out"].default))
         values = {**{k: v for k, v in saved.items() if k in names}, **values}
     config = TrainConfig(**values)
-    if not config.is_synthetic and (given := [flag(n) for n in EVAL_OPTIONS if n in values]):
+    if not config.is_synthetic and (given := [flag(n) for n in EVAL_OPTIONS if n in given_by_user]):
         warnings.warn(f"{', '.join(given)}: the end-of-run table is for --data synthetic only, so with "
                       f"--data {config.data} these do nothing (evaluate with python -m rlvfast.eval)", stacklevel=2)
     return config

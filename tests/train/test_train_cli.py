@@ -124,6 +124,9 @@ def test_eval_options_with_real_data_warn(recwarn):
     recwarn.clear()
     parse_config(["--data", "problems.jsonl"])  # the default is not a request
     parse_config(["--eval-problems", "50"])  # synthetic: the table is made
+    # --resume reads every option back from the checkpoint: those are not requests either
+    saved = TrainConfig(data="problems.jsonl").to_dict()
+    parse_config(["--resume", "--out", "run"], saved_config=lambda out: saved)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
