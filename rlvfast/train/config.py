@@ -25,11 +25,11 @@ from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, VERIFIER_AGGS
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
 
-# options a --resume may change: they do not change what the run computes
 LR_SCHEDULES = ("constant", "cosine")
+# options a --resume may change: they do not change what the run computes
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
-                               "max_bad_steps", "log_every", "micro_batch", "device", "eval_problems",
-                               "eval_samples", "eval_splits", "compare"})
+                               "max_bad_steps", "log_every", "micro_batch", "gradient_checkpointing", "device",
+                               "eval_problems", "eval_samples", "eval_splits", "compare"})
 EVAL_OPTIONS = ("eval_problems", "eval_samples", "eval_splits")
 
 
@@ -85,6 +85,8 @@ class TrainConfig:
     group_size: int = _opt(8, "G: samples per problem")
     prompts_per_step: int = _opt(8, "problems per step (a step = prompts_per_step x group_size samples)")
     micro_batch: int = _opt(64, "samples per forward/backward (memory only: the gradient is the same)")
+    gradient_checkpointing: bool = _opt(False, "recompute each layer's activations in the backward instead of "
+                                        "keeping them (memory only: the same gradient, more update time)")
     ppo_epochs: int = _opt(1, "optimizer steps per batch of rollouts (1 = on-policy, ratio 1, as TRL's "
                            "num_iterations=1)")
     lr: float = _opt(1e-4, "AdamW peak learning rate (the tiny model's; 3e-4 collapses its policy; "

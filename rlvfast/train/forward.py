@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from rlvfast.models import llama
 from rlvfast.models.llama import FusedLayer, HeadShape, attention, rms_norm, split_heads
@@ -133,37 +134,51 @@ def _suffix_mask(cut: torch.Tensor, p_width: int, s_width: int) -> torch.Tensor 
 
 
 def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequence[int],
-                prefix_lengths: Sequence[int], read_index: torch.Tensor) -> torch.Tensor:
+                prefix_lengths: Sequence[int], read_index: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
     """Final-norm hidden states (M, H) at flat positions `read_index` (M,) of the right-padded
     rows input_ids (B, T) with `lengths` real tokens each. Row b's first prefix_lengths[b]
-    tokens may be shared with other rows; every read position must lie at or after it."""
+    tokens may be shared with other rows; every read position must lie at or after it.
+    `checkpoint`: each suffix layer but the last is recomputed in the backward instead of
+    keeping its activations (`--gradient-checkpointing`; the same values and gradients)."""
     trunk, shape = model.base_model, HeadShape.from_config(model.config)
     pack = _pack(input_ids, lengths, [int(n) for n in prefix_lengths], read_index)
-    rows, s_width = pack.suffix_ids.shape
     p_width = pack.prefix_ids.shape[1]
     layers = [FusedLayer(layer, shape) for layer in trunk.layers]
     prefix_kv = _prefix_kv(trunk, layers, pack.prefix_ids) if p_width > 0 else []
 
     # the suffixes: attend to [own prefix (masked to its length), suffix causally]
     h = trunk.embed_tokens(pack.suffix_ids.reshape(-1).index_select(0, pack.real))  # (Ntok, H)
-    positions = pack.cut[:, None] + torch.arange(s_width, device=h.device)  # (B, S)
+    positions = pack.cut[:, None] + torch.arange(pack.suffix_ids.shape[1], device=h.device)  # (B, S)
     cos, sin = (x[:, None] for x in trunk.rotary_emb(h, positions))  # (B, 1, S, hd)
-    mask = _suffix_mask(pack.cut, p_width, s_width)
-    for i, layer in enumerate(layers):
-        qkv = layer.project(h)  # (Ntok, (nh + 2 nkv) hd)
-        qkv = qkv.new_zeros(rows * s_width, qkv.shape[-1]).index_copy(0, pack.real, qkv)  # (B*S, ...) zero-padded
-        q, k, v = split_heads(qkv.view(rows, s_width, -1), layer, cos, sin)
-        if p_width > 0:
-            pk, pv = prefix_kv[i]
-            k = torch.cat([pk.index_select(0, pack.group), k], dim=2)  # (B, nkv, P + S, hd)
-            v = torch.cat([pv.index_select(0, pack.group), v], dim=2)
-        out = attention(q, k, v, mask, layer.scaling).reshape(rows * s_width, -1)  # (B*S, nh hd)
-        if i < len(layers) - 1:
-            h = layer.mlp_block(h + F.linear(out.index_select(0, pack.real), layer.o))  # (Ntok, H)
-        else:  # only the rows the loss reads
-            h = layer.mlp_block(h.index_select(0, pack.read_packed)
-                                + F.linear(out.index_select(0, pack.read_suffix), layer.o))
+    mask = _suffix_mask(pack.cut, p_width, pack.suffix_ids.shape[1])
+    for i, layer in enumerate(layers[:-1]):
+        args = (h, layer, pack, prefix_kv[i] if p_width > 0 else None, (cos, sin), mask)
+        h = (torch.utils.checkpoint.checkpoint(_suffix_layer, *args, use_reentrant=False) if checkpoint
+             else _suffix_layer(*args))  # (Ntok, H)
+    out = _suffix_attention(h, layers[-1], pack, prefix_kv[-1] if p_width > 0 else None, (cos, sin), mask)
+    # the last layer: only the rows the loss reads
+    h = layers[-1].mlp_block(h.index_select(0, pack.read_packed) + F.linear(out.index_select(0, pack.read_suffix),
+                                                                              layers[-1].o))  # (M, H)
     return rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
+
+
+def _suffix_attention(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
+    """One layer's attention output (B*S, nh hd) for the packed suffix tokens h (Ntok, H)."""
+    rows, s_width = pack.suffix_ids.shape
+    qkv = layer.project(h)  # (Ntok, (nh + 2 nkv) hd)
+    qkv = qkv.new_zeros(rows * s_width, qkv.shape[-1]).index_copy(0, pack.real, qkv)  # (B*S, ...) zero-padded
+    q, k, v = split_heads(qkv.view(rows, s_width, -1), layer, *rope)
+    if prefix_kv is not None:
+        pk, pv = prefix_kv
+        k = torch.cat([pk.index_select(0, pack.group), k], dim=2)  # (B, nkv, P + S, hd)
+        v = torch.cat([pv.index_select(0, pack.group), v], dim=2)
+    return attention(q, k, v, mask, layer.scaling).reshape(rows * s_width, -1)  # (B*S, nh hd)
+
+
+def _suffix_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
+    """One whole layer on the packed suffix tokens: (Ntok, H) -> (Ntok, H)."""
+    out = _suffix_attention(h, layer, pack, prefix_kv, rope, mask)  # (B*S, nh hd)
+    return layer.mlp_block(h + F.linear(out.index_select(0, pack.real), layer.o))  # (Ntok, H)
 
 
 def read_plan(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBatch]:

@@ -308,7 +308,8 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
                 trunk_out = run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask)
                 hidden = trunk_out.last_hidden_state  # (B, T, H)
             else:
-                hidden = train_forward.read_hidden(run.model, r.input_ids, *read)  # (N + B, H)
+                hidden = train_forward.read_hidden(run.model, r.input_ids, *read,
+                                                   checkpoint=run.config.gradient_checkpointing)  # (N + B, H)
             out = rlv_loss(hidden, weight, r, run.loss_config)
         out.loss.backward()
         if p_yes is not None:

@@ -79,6 +79,12 @@ def load_models(config: TrainConfig, device: torch.device, resume_from: Path | N
 
     init_path = start_path(config, log)
     model, tokenizer = load_model(resume_from or init_path, device=device)
+    if config.gradient_checkpointing and model.supports_gradient_checkpointing:  # HF's forward (the fallback)
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref_model = None
     if config.kl_coef > 0:
         ref_model, _ = load_model(init_path, device=device)

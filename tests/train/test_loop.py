@@ -105,6 +105,19 @@ def test_verifier_coef_zero_trains_no_verifier(micro_dir, tmp_path, rewards_modu
     assert m["loss/verifier"] == 0.0 and m["loss"] == m["loss/policy"]
 
 
+def test_gradient_checkpointing_trains_the_same_model(micro_dir, tmp_path, rewards_module):
+    reward = f"{rewards_module}:parity"
+    for name, flag in (("plain", False), ("checkpointed", True)):
+        train_mod.train(config(micro_dir, tmp_path / name, reward=reward, seed=1, gradient_checkpointing=flag),
+                        log=quiet)
+    a, b = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "checkpointed")
+    assert [(m["loss"], m["grad_norm"]) for m in a] == [(m["loss"], m["grad_norm"]) for m in b]
+    wa, _ = load_model(tmp_path / "plain" / "final")
+    wb, _ = load_model(tmp_path / "checkpointed" / "final")
+    for (name, p), q in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
 def test_resume_continues_exactly(micro_dir, tmp_path, rewards_module):
     reward = f"{rewards_module}:parity"
     full, part = tmp_path / "full", tmp_path / "part"
