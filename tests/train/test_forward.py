@@ -186,7 +186,7 @@ def test_update_through_the_hf_forward_matches_the_fast_forward(micro_path, monk
     sampler = SimpleNamespace(verify_ids=[60, 61], eos_ids=[1], yes_id=99, no_id=100)
     calls = []
     real_read_hidden = train_forward.read_hidden
-    monkeypatch.setattr(train_forward, "read_hidden", lambda *a: calls.append(1) or real_read_hidden(*a))
+    monkeypatch.setattr(train_forward, "read_hidden", lambda *a, **k: calls.append(1) or real_read_hidden(*a, **k))
     results = {}
     for fast in (True, False):
         model, _ = load_model(micro_path)
