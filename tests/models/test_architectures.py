@@ -9,14 +9,13 @@ import warnings
 
 import pytest
 import torch
-from train.test_forward import _grads  # tests/ is on sys.path (conftest.py)
+from train.test_forward import check_fast_forward_matches_hf  # tests/ is on sys.path (conftest.py)
 
 from rlvfast import Sampler, SamplingParams
 from rlvfast.models import build_char_tokenizer, load_model, save_model
 from rlvfast.train import forward as train_forward
 from rlvfast.train import loop as train_mod
 from rlvfast.train.config import TrainConfig
-from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 
 # 2 layers, hidden 32; each config hits one code path of the shared math (see the docstring)
 ARCHS = {
@@ -94,19 +93,6 @@ def test_greedy_sampling_equals_hf_generate(arch_dir):
         assert out.completions[0].token_ids == hf_greedy(model, prompt, 12), prompt
 
 
-def _samples() -> list[Sample]:
-    """6 samples in 2 groups of 3 sharing a prompt; EOS-ended, truncated and EOS-only completions."""
-    g = torch.Generator().manual_seed(2)
-    samples = []
-    for i in range(6):
-        completion = [[40, 41, 1], [42, 43, 44, 45], [1]][i % 3]
-        samples.append(Sample([[11, 12, 13, 14, 15], [21, 22, 23]][i // 3], completion,
-                              -torch.rand(len(completion), generator=g, dtype=torch.float64),
-                              advantage=[0.5, -1.0, 0.3, 1.1, -0.4, 0.2][i], token_weight=0.1,
-                              label_id=99 if i % 2 else 100, label_weight=1 / 6))
-    return samples
-
-
 def test_packed_forward_equals_hf_in_rlv_loss_and_every_gradient(arch_dir):
     name, folder = arch_dir
     model = load_model(folder)[0].double()
@@ -115,19 +101,7 @@ def test_packed_forward_equals_hf_in_rlv_loss_and_every_gradient(arch_dir):
         assert train_forward.supports(model) == (name in SUPPORTED)
     if name not in SUPPORTED:  # loop._backward runs HF's padded forward, the reference itself
         return
-    samples, cfg = _samples(), LossConfig(verifier_coef=1.0)
-    rows = build_rows(samples, [60, 61], [1], pad_id=0, dtype=torch.float64)
-    hidden = model.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
-    expected = rlv_loss(hidden, model.lm_head.weight, rows, cfg)
-    expected_grads = _grads(model, expected.loss)
-    read, compact = train_forward.read_plan(rows, [len(s.prompt_ids) - 1 for s in samples])
-    got = rlv_loss(train_forward.read_hidden(model, rows.input_ids, *read), model.lm_head.weight, compact, cfg)
-    got_grads = _grads(model, got.loss)
-    assert torch.allclose(got.loss, expected.loss, rtol=1e-6)
-    assert torch.allclose(got.logprobs, expected.logprobs, rtol=1e-6, atol=1e-7)
-    assert set(got_grads) == set(expected_grads)
-    for param_name, grad in expected_grads.items():  # HF's RMSNorm rounds to float32 even in float64
-        assert torch.allclose(got_grads[param_name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item()), param_name
+    check_fast_forward_matches_hf(model)
 
 
 def test_one_rlv_step_and_final_loads_with_transformers_and_sampler(arch_dir, tmp_path):
