@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlvfast.models.lora import linear_weight, lora_reason
+
 _SUPPORTED = {"llama", "qwen2", "qwen3"}
 _LAYER_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP_PARTS = ("gate_proj", "up_proj", "down_proj")
@@ -75,7 +77,8 @@ def _layer_reason(layer: torch.nn.Module) -> str | None:
     norms = [getattr(attn, n, None) for n in ("q_norm", "k_norm")]
     if any(n is not None for n in norms) and not all(_is_head_norm(n, attn) for n in norms):
         return "q/k norms other than an RMSNorm per head"
-    return None
+    modules = [getattr(attn, p) for p in _LAYER_PARTS] + [getattr(mlp, p) for p in _MLP_PARTS]
+    return next(filter(None, map(lora_reason, modules)), None)
 
 
 def _is_head_norm(norm: torch.nn.Module | None, attn: torch.nn.Module) -> bool:
@@ -153,7 +156,8 @@ def _norm_parts(norm: torch.nn.Module | None) -> tuple[torch.Tensor, float] | No
 
 class FusedLayer:
     """One decoder layer's weights with q/k/v and gate/up concatenated, its norms (the per-head
-    q/k norms too where the model has them, Qwen3) and head shape: 7 matmuls become 4. Built
+    q/k norms too where the model has them, Qwen3) and head shape: 7 matmuls become 4. A peft
+    LoRA layer contributes its adapted weight (`rlvfast.models.lora.linear_weight`). Built
     under no_grad (the sampler, rebuilt every generate()) they are plain copies; built with
     grad enabled (the trainer, every forward) the concatenation is in the graph, so gradients
     reach the model's own parameters."""
@@ -161,13 +165,13 @@ class FusedLayer:
     def __init__(self, layer: torch.nn.Module, shape: HeadShape) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.shape = shape
-        parts = (attn.q_proj, attn.k_proj, attn.v_proj)
-        self.qkv = torch.cat([m.weight for m in parts])  # ((nh + 2 nkv) hd, H)
-        self.qkv_bias = None if parts[0].bias is None else torch.cat([m.bias for m in parts])
-        self.num_q_rows = attn.q_proj.weight.shape[0]
-        self.o = attn.o_proj.weight
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 I, H)
-        self.down = mlp.down_proj.weight
+        (q, q_bias), (k, k_bias), (v, v_bias) = (linear_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        self.qkv = torch.cat([q, k, v])  # ((nh + 2 nkv) hd, H)
+        self.qkv_bias = None if q_bias is None else torch.cat([q_bias, k_bias, v_bias])
+        self.num_q_rows = q.shape[0]
+        self.o = linear_weight(attn.o_proj)[0]  # (H, nh hd)
+        self.gate_up = torch.cat([linear_weight(mlp.gate_proj)[0], linear_weight(mlp.up_proj)[0]])  # (2 I, H)
+        self.down = linear_weight(mlp.down_proj)[0]  # (H, I)
         self.scaling = attn.scaling
         self.norm_in = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         self.norm_post = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)

@@ -3,7 +3,9 @@
 `load_model` takes a local save_pretrained folder, a GGUF file (dequantized once to a plain
 float32 model with no quantizer attached, so it trains and `save_pretrained` writes ordinary
 safetensors), or a Hugging Face hub id (the local HF cache, offline with HF_HUB_OFFLINE=1, or
-the hub where the network allows). `is_local_path` is the rule that tells a path from a hub id.
+the hub where the network allows), or a LoRA adapter folder (a LoRA run's checkpoint: its base,
+named in adapter_config.json, with the adapter merged in; `rlvfast.models.lora`). `is_local_path`
+is the rule that tells a path from a hub id.
 Missing or empty local paths and unloadable hub ids raise `rlvfast.cli.UserError` naming them.
 `yes_no_ids` checks that the verifier's answers are single tokens; `eos_ids` collects every
 end-of-sequence id. The tiny built-in model is built in `rlvfast.models.tiny`; training and
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from rlvfast.cli import UserError
+from rlvfast.models import lora
 
 YES, NO = "Yes", "No"
 
@@ -138,6 +141,21 @@ def _load_hub(spec: str):
     return tokenizer, model
 
 
+def _load_adapter_dir(path: Path):
+    """Tokenizer (the folder's) and the plain model: the adapter's base with the adapter merged in."""
+    from transformers import AutoTokenizer
+
+    base = lora.adapter_base(path)
+    if not base:
+        raise UserError(f"LoRA adapter folder {path}: its adapter_config.json names no base model "
+                        f"(base_model_name_or_path)")
+    if is_local_path(base) and lora.is_adapter_dir(base):
+        raise UserError(f"LoRA adapter folder {path}: its base {base} is another adapter")
+    model, _ = load_model(base)
+    model = lora.attach_adapter(model, path, trainable=False).merge_and_unload()
+    return AutoTokenizer.from_pretrained(str(path)), model
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Returns (model, tokenizer) in float32, eval mode, on `device`, after checking that "Yes"
     and "No" are single tokens. `path` is a save_pretrained folder, a `.gguf` file, or a hub id
@@ -154,6 +172,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
             problem = "is not a folder" if os.path.exists(spec) else "not found"
             raise UserError(f"model path {problem}: {spec} (expected a save_pretrained folder, a .gguf file "
                             f"or a hub id such as Qwen/Qwen2.5-0.5B-Instruct)")
+        elif lora.is_adapter_dir(spec):
+            tokenizer, model = _load_adapter_dir(Path(spec))
         else:
             _check_model_dir(Path(spec))
             tokenizer = AutoTokenizer.from_pretrained(spec)

@@ -47,7 +47,7 @@ def _rows(seed=0):
 def _grads(model, value):
     model.zero_grad(set_to_none=True)
     value.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("num_kv_heads", [None, 1], ids=["mha", "gqa"])
