@@ -23,6 +23,8 @@ the merged final model (the trainer merges with `merge_and_unload` and saves the
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -80,7 +82,8 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, target_modules: list[
 
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0,
                         bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with _quiet_peft():
+        return get_peft_model(model, config)
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -98,4 +101,14 @@ def attach_adapter(model: torch.nn.Module, path: str | Path, trainable: bool):
     """The `PeftModel` of `model` with the adapter saved in `path` (trainable: to go on training)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+@contextmanager
+def _quiet_peft():
+    """peft calls transformers' deprecated `is_gradient_checkpointing`: a FutureWarning meant for
+    peft's authors, not for whoever trains."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -12,6 +12,7 @@ change. Not here: what the options do (`rlvfast.train`, `rlvfast.train.loss`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import warnings
@@ -26,6 +27,11 @@ from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
 
 LR_SCHEDULES = ("constant", "cosine")
+DTYPES = ("auto", "fp32", "bf16")
+# the linear layers of a Llama/Qwen decoder layer (peft's "all-linear" but the lm head, which the
+# trainer's fused log-prob ops read as a plain weight)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_REFUSED = ("lm_head", "embed_tokens")
 # options a --resume may change: they do not change what the run computes
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
                                "max_bad_steps", "log_every", "micro_batch", "gradient_checkpointing", "device",
@@ -87,6 +93,14 @@ class TrainConfig:
     micro_batch: int = _opt(64, "samples per forward/backward (memory only: the gradient is the same)")
     gradient_checkpointing: bool = _opt(False, "recompute each layer's activations in the backward instead of "
                                         "keeping them (memory only: the same gradient, more update time)")
+    dtype: str = _opt("auto", "weights and compute: fp32 (float32 everywhere); bf16 (bf16 weights for sampling "
+                      "and the forward, float32 master weights in the optimizer, or float32 LoRA adapters; "
+                      "bf16 autocast on cuda); auto: float32 weights, bf16 autocast on cuda", choices=DTYPES)
+    lora_r: int = _opt(0, "LoRA rank through peft (0: train every weight); checkpoints then hold the adapter "
+                       "(adapter_model.safetensors), final/ the merged model")
+    lora_alpha: float = _opt(16.0, "LoRA alpha: the adapter's update is scaled by alpha / r")
+    lora_target_modules: list[str] = _opt(LORA_TARGETS, "modules that get LoRA adapters (peft's suffix match); "
+                                          "the lm head and the embeddings cannot")
     ppo_epochs: int = _opt(1, "optimizer steps per batch of rollouts (1 = on-policy, ratio 1, as TRL's "
                            "num_iterations=1)")
     lr: float = _opt(1e-4, "AdamW peak learning rate (the tiny model's; 3e-4 collapses its policy; "
@@ -150,6 +164,7 @@ class TrainConfig:
         _check_floats(self, ("lr", "max_grad_norm", "temperature", "grader_timeout"), positive=True)
         if self.clip_low >= 1:
             raise UserError(f"--clip-low must be < 1, got {self.clip_low!r}")
+        self._check_precision()
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.reward is not None and ":" not in self.reward:
@@ -164,6 +179,23 @@ class TrainConfig:
         if self.group_size == 1:
             warnings.warn("--group-size 1: a lone sample's group-relative advantage is 0, so the policy gets "
                           "no gradient (only the verifier trains); use --group-size 2 or more", stacklevel=3)
+
+    def _check_precision(self) -> None:
+        """--dtype and the LoRA options; unsupported combinations name the option."""
+        self.lora_target_modules = list(self.lora_target_modules)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check_ints(self, ("lora_r",), minimum=0)
+        _check_floats(self, ("lora_alpha",), positive=True)
+        if self.lora_r == 0:
+            return
+        if not self.lora_target_modules:
+            raise UserError("--lora-target-modules is empty: name at least one module, e.g. q_proj v_proj")
+        if refused := [m for m in self.lora_target_modules if m in LORA_REFUSED]:
+            raise UserError(f"--lora-target-modules {' '.join(refused)}: unsupported (the trainer reads the lm "
+                            f"head and the embeddings as plain weights); choose among {' '.join(LORA_TARGETS)}")
+        if importlib.util.find_spec("peft") is None:
+            raise UserError(f"--lora-r {self.lora_r} needs the peft package: pip install 'rlvfast[lora]'")
 
     @property
     def is_tiny(self) -> bool:
@@ -330,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "help": f.metadata.get("help", "") + f" (default: {default!r})"}
         if f.type in ("bool", bool, "bool | None"):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif f.name == "eval_splits":
+        elif str(f.type).startswith("list"):
             kwargs["nargs"] = "+"
         else:
             kwargs["type"] = _arg_type(f.type)

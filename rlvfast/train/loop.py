@@ -39,7 +39,7 @@ from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
 from rlvfast.train import metrics as metrics_log
-from rlvfast.train import heads, run_dir, setup
+from rlvfast.train import heads, precision, run_dir, setup
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
@@ -68,6 +68,13 @@ class Run:
     device: torch.device
     scheduler: object = None  # the learning-rate schedule `train` steps (None: `rl_step` alone)
     fast_forward: bool = True  # False: HF's padded forward in `update` (the reference)
+    adapter: object = None  # --lora-r: the PeftModel around `model`, whose save_pretrained writes the adapter
+    master: precision.MasterWeights | None = None  # --dtype bf16, full fine-tune: what the optimizer steps
+
+    @property
+    def step_params(self) -> list[torch.nn.Parameter]:
+        """What the optimizer steps (and the gradient clipping measures)."""
+        return self.master.params if self.master is not None else precision.trainable(self.model)
 
     @property
     def pad_id(self) -> int:
@@ -137,10 +144,14 @@ def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], l
     run = _build_run(config, shared, resume_from, log)
     if state is not None:
         start_step, num_bad, warm_eval = setup.restore(run.optimizer, run.scheduler, state)
+        if run.master is not None:
+            run.master.load_state_dict(state["master_weights"])
         log(f"resuming from {resume_from} at step {start_step}")
     else:
         start_step, num_bad, warm_eval = 0, 0, _evaluate_start(run, splits, log)
     _run_steps(run, shared.problems, (start_step, num_bad), warm_eval, log)
+    if run.adapter is not None:  # final/ is the plain model: the adapters merged into its weights
+        run.model, run.adapter = run.adapter.merge_and_unload(), None
     _save_final(Path(config.out), run.model, run.tokenizer, Path(config.out) / "metrics.jsonl")
     return run, warm_eval
 
@@ -178,12 +189,14 @@ def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_e
 def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, log) -> Run:
     """The model (and reference) loaded, its sampler and optimizer; the first run's tokenizer
     becomes the shared one, a later run uses it (the same model family: the same tokenizer)."""
-    model, tokenizer, ref_model = setup.load_models(config, shared.device, resume_from, log)
+    model, tokenizer, ref_model, adapter = setup.load_models(config, shared.device, resume_from, log)
     shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
     sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
-    optimizer, scheduler = setup.make_optimizer(model, config)
+    params = precision.trainable(model)
+    master = precision.MasterWeights(params) if precision.MasterWeights.needed(params) else None
+    optimizer, scheduler = setup.make_optimizer(master.params if master else params, config)
     return Run(config, model, shared.tokenizer, sampler, optimizer, shared.grader, shared.reward_fn,
-               config.loss_config(), ref_model, shared.device, scheduler)
+               config.loss_config(), ref_model, shared.device, scheduler, adapter=adapter, master=master)
 
 
 def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
@@ -216,9 +229,12 @@ def _count_bad(run: Run, result: dict, num_bad: int, step: int, log) -> int:
 
 
 def _trainer_state(run: Run, step: int, num_bad: int, warm_eval: dict) -> dict:
-    return {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "rng": ckpt.rng_state(), "num_bad_steps": num_bad, "warm_start_eval": warm_eval,
-            "config": run.config.to_dict()}
+    state = {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "rng": ckpt.rng_state(), "num_bad_steps": num_bad, "warm_start_eval": warm_eval,
+             "config": run.config.to_dict()}
+    if run.master is not None:
+        state["master_weights"] = run.master.state_dict()
+    return state
 
 
 def _summary(run: Run, splits: dict[str, list[Problem]], warm_eval: dict) -> dict:
@@ -275,7 +291,7 @@ def update(run: Run, samples: list[Sample]) -> dict:
     rows = [build_rows(c, run.sampler.verify_ids, run.sampler.eos_ids, run.pad_id, config.verifier_coef > 0)
             .to(run.device) for c in chunks]
     if run.ref_model is not None:
-        heads.add_ref_logprobs(run.ref_model, rows, config.temperature, run.device)
+        heads.add_ref_logprobs(run.ref_model, rows, config.temperature, run.device, config.dtype)
     if run.fast_forward and train_forward.supports(run.model):  # shared prompts, only the read rows
         inputs = [train_forward.read_plan(r, [max(0, len(s.prompt_ids) - 1) for s in c]) for r, c in zip(rows, chunks)]
     else:
@@ -288,6 +304,8 @@ def update(run: Run, samples: list[Sample]) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
             return {"skipped": True, "loss": loss_sum, "grad_norm": grad_norm, "p_yes": p_yes}
         run.optimizer.step()
+        if run.master is not None:
+            run.master.put_weights()
     return {"skipped": False, "loss": totals["policy_loss"] + config.kl_coef * totals["kl"]
             + config.verifier_coef * totals["verifier_loss"],
             "loss/policy": totals["policy_loss"], "loss/verifier": totals["verifier_loss"], "kl": totals["kl"],
@@ -303,7 +321,7 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
     weight = heads.lm_head_weight(run.model)
     totals, loss_sum = dict.fromkeys(LOSS_PARTS, 0.0), 0.0
     for read, r in inputs:
-        with heads.autocast(run.device):
+        with precision.autocast(run.device, run.config.dtype):
             if read is None:
                 trunk_out = run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask)
                 hidden = trunk_out.last_hidden_state  # (B, T, H)
@@ -320,7 +338,9 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
         totals["kl"] += float(out.kl)
         totals["num_clipped"] += float(out.num_clipped)
         totals["logprob_gap"] += float((out.logprobs - r.old_logprobs).abs().sum())
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm))
+    if run.master is not None:
+        run.master.take_grads()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.step_params, run.config.max_grad_norm))
     return totals, loss_sum, grad_norm
 
 
@@ -330,7 +350,8 @@ def _save_checkpoint(run: Run, step: int, trainer_state: dict, log) -> None:
     in memory) and the next checkpoint retries; OUT/latest still names the last complete one."""
     out = Path(run.config.out)
     try:
-        ckpt.save_checkpoint(out, step, run.model, run.tokenizer, trainer_state, run.config.keep_last)
+        saved = run.adapter if run.adapter is not None else run.model  # a PeftModel saves its adapter alone
+        ckpt.save_checkpoint(out, step, saved, run.tokenizer, trainer_state, run.config.keep_last)
     except ckpt.CheckpointError as e:
         log(f"step {step}: checkpoint not written: {e}; training continues; the next checkpoint retries")
 

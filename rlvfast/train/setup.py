@@ -3,7 +3,8 @@
 The device, the training problems (a bad --data fails before any model loads), a custom reward
 function, the seeds, the model ('tiny': the shipped base model, or the cached warm start when the
 warm-start options differ from its card's; the user's model; or the checkpoint being resumed)
-with the frozen reference for the KL term, the optimizer and its learning-rate schedule; and
+in --dtype's weights, with LoRA adapters (--lora-r), with the frozen reference for the KL term,
+the optimizer and its learning-rate schedule; and
 for `--resume`: the latest checkpoint, whether the options given may resume it
 (`resume_state`), its optimizer / schedule / RNG state (`restore`), and its options for the
 command line (`saved_config`). Input errors are `UserError`s naming the option.
@@ -25,6 +26,7 @@ import torch
 from rlvfast.cli import UserError
 from rlvfast.tasks.problems import DataError, Problem
 from rlvfast.train import checkpoint as ckpt
+from rlvfast.train import precision
 from rlvfast.train.config import TrainConfig, resume_differences
 
 
@@ -71,14 +73,19 @@ def seed_everything(seed: int) -> None:
 
 
 def load_models(config: TrainConfig, device: torch.device, resume_from: Path | None, log):
-    """(model, tokenizer, ref_model): the model to train, from the checkpoint when resuming, else
-    from its start ('tiny': the shipped base model, or the cached warm start when the
-    warm-start options differ from its card's; else --model); the reference for the KL term
+    """(model, tokenizer, ref_model, adapter): the model to train, from the checkpoint when
+    resuming, else from its start ('tiny': the shipped base model, or the cached warm start when
+    the warm-start options differ from its card's; else --model), in --dtype's weights; with
+    --lora-r, the start with LoRA adapters (new, or the checkpoint's), and `adapter` the
+    `PeftModel` whose save_pretrained writes them (else None); the reference for the KL term
     (`--kl-coef` > 0, else None) is always the start, frozen."""
     from rlvfast.models import load_model
 
     init_path = start_path(config, log)
-    model, tokenizer = load_model(resume_from or init_path, device=device)
+    dtype = precision.weight_dtype(config.dtype)
+    model, tokenizer = load_model(init_path if config.lora_r else resume_from or init_path, device=device)
+    model.to(dtype)
+    adapter = _add_lora(model, config, init_path, resume_from) if config.lora_r else None
     if config.gradient_checkpointing and model.supports_gradient_checkpointing:  # HF's forward (the fallback)
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x's name
         if enable is not None:
@@ -88,8 +95,25 @@ def load_models(config: TrainConfig, device: torch.device, resume_from: Path | N
     ref_model = None
     if config.kl_coef > 0:
         ref_model, _ = load_model(init_path, device=device)
-        ref_model.requires_grad_(False)
-    return model, tokenizer, ref_model
+        ref_model.to(dtype).requires_grad_(False)
+    return model, tokenizer, ref_model, adapter
+
+
+def _add_lora(model: torch.nn.Module, config: TrainConfig, init_path: str, resume_from: Path | None):
+    """The PeftModel of `model` (changed in place) with the checkpoint's adapter or new ones; its
+    adapter_config.json names `init_path` as the base, so the checkpoint loads on its own."""
+    from rlvfast.models import lora
+
+    if resume_from is not None:
+        adapter = lora.attach_adapter(model, resume_from, trainable=True)
+    else:
+        try:
+            adapter = lora.add_lora(model, config.lora_r, config.lora_alpha, config.lora_target_modules)
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+            raise UserError(f"--lora-target-modules {' '.join(config.lora_target_modules)}: {e}") from e
+    base = init_path if not Path(init_path).exists() else str(Path(init_path).resolve())
+    adapter.peft_config[adapter.active_adapter].base_model_name_or_path = base
+    return adapter
 
 
 def start_path(config: TrainConfig, log) -> str:
@@ -101,11 +125,11 @@ def start_path(config: TrainConfig, log) -> str:
     return config.model
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig):
-    """(AdamW, its schedule: linear warmup over `config.warmup` steps, then constant or a cosine
-    decay to 10% of the peak at the last step, `config.lr_schedule`)."""
+def make_optimizer(params, config: TrainConfig):
+    """(AdamW over `params`, its schedule: linear warmup over `config.warmup` steps, then constant or
+    a cosine decay to 10% of the peak at the last step, `config.lr_schedule`)."""
     # fused: one kernel over all parameters (CPU: ~6 ms per step instead of 21-33 ms; docs/design/trainer.md)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.99), fused=True)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, config))
 

@@ -10,7 +10,7 @@ from rlvfast.train.setup import make_optimizer
 def lrs(config: TrainConfig) -> list[float]:
     """The lr of every optimizer step of a run, as the trainer steps the schedule."""
     model = torch.nn.Linear(2, 2)
-    optimizer, scheduler = make_optimizer(model, config)
+    optimizer, scheduler = make_optimizer(model.parameters(), config)
     out = []
     for _ in range(config.steps):
         out.append(optimizer.param_groups[0]["lr"])
@@ -35,12 +35,12 @@ def test_cosine_decays_from_the_peak_to_a_tenth_at_the_last_step():
 def test_the_schedule_resumes_from_its_state_dict():
     config = TrainConfig(steps=10, warmup=2, lr=1e-3, lr_schedule="cosine")
     model = torch.nn.Linear(2, 2)
-    optimizer, scheduler = make_optimizer(model, config)
+    optimizer, scheduler = make_optimizer(model.parameters(), config)
     for _ in range(5):
         optimizer.step()
         scheduler.step()
     state = scheduler.state_dict()
-    optimizer2, scheduler2 = make_optimizer(torch.nn.Linear(2, 2), config)
+    optimizer2, scheduler2 = make_optimizer(torch.nn.Linear(2, 2).parameters(), config)
     scheduler2.load_state_dict(state)
     optimizer2.param_groups[0]["lr"] = scheduler2.get_last_lr()[0]
     assert scheduler2.get_last_lr() == pytest.approx(scheduler.get_last_lr())
