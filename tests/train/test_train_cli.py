@@ -35,7 +35,7 @@ def test_inf_lr_is_one_line_and_exit_2():
 @pytest.mark.parametrize("name", FLOAT_OPTIONS)
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_every_float_option_must_be_finite(name, value):
-    assert len(FLOAT_OPTIONS) == 9  # verifier_coef clip_low clip_high kl_coef lr weight_decay ...
+    assert len(FLOAT_OPTIONS) == 10  # verifier_coef clip_low clip_high kl_coef lora_alpha lr weight_decay ...
     flag = "--" + name.replace("_", "-")
     with pytest.raises(UserError, match=f"^{flag} must be a finite number"):
         parse_config([f"{flag}={value}"])  # "=": argparse reads a bare -inf as an option
