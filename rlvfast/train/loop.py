@@ -39,7 +39,7 @@ from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
 from rlvfast.train import metrics as metrics_log
-from rlvfast.train import heads, run_dir, setup
+from rlvfast.train import heads, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
@@ -68,6 +68,7 @@ class Run:
     device: torch.device
     scheduler: object = None  # the learning-rate schedule `train` steps (None: `rl_step` alone)
     fast_forward: bool = True  # False: HF's padded forward in `update` (the reference)
+    trackers: trackers.Trackers = trackers.NO_TRACKERS  # --report-to: each step's metrics go there too
 
     @property
     def pad_id(self) -> int:
@@ -113,9 +114,11 @@ def _train(config: TrainConfig, shared: Shared, log) -> dict:
     wall_start = time.perf_counter()
     out = Path(config.out)
     splits = eval_problems(config) if config.has_table else {}
-    run, warm_eval = fit(config, shared, splits, log)
-    summary = _summary(run, splits, warm_eval)
-    summary["wall_seconds"] = time.perf_counter() - wall_start
+    with trackers.open_trackers(config, config.resume) as tracked:
+        run, warm_eval = fit(config, shared, splits, log, tracked)
+        summary = _summary(run, splits, warm_eval)
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        tracked.log_summary(summary, config.steps)
     write_summary(out, summary)
     if splits:
         log(format_table(summary))
@@ -128,13 +131,15 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(metrics_log.finite_or_none(summary), indent=1, allow_nan=False))
 
 
-def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], log) -> tuple[Run, dict]:
+def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], log,
+        tracked: trackers.Trackers = trackers.NO_TRACKERS) -> tuple[Run, dict]:
     """One run in OUT, from its start or its latest checkpoint (`config.resume`) to
-    `config.steps`, then OUT/final. Returns the run and its start's evaluation on `splits`
-    (`_evaluate_start`; a resumed run's comes from its checkpoint)."""
+    `config.steps`, then OUT/final; each step's metrics also go to `tracked`. Returns the run
+    and its start's evaluation on `splits` (`_evaluate_start`; a resumed run's comes from its checkpoint)."""
     resume_from, state = setup.resume_state(config) if config.resume else (None, None)
     setup.seed_everything(config.seed)
     run = _build_run(config, shared, resume_from, log)
+    run.trackers = tracked
     if state is not None:
         start_step, num_bad, warm_eval = setup.restore(run.optimizer, run.scheduler, state)
         log(f"resuming from {resume_from} at step {start_step}")
@@ -163,6 +168,7 @@ def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_e
             metrics["num_bad_steps"] = num_bad
             metrics_file.write(metrics_log.json_line(metrics) + "\n")
             metrics_file.flush()
+            run.trackers.log_step(metrics)
             metrics_log.show_step(bar, metrics, config.steps, config.log_every, log)
             if num_bad >= config.max_bad_steps:
                 last = ckpt.read_marker(out)
