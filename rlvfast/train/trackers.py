@@ -96,8 +96,15 @@ class Trackers:
             tracker.summary(values, step)
 
     def close(self) -> None:
+        """Closes every tracker, even after one fails to; then raises the first failure."""
+        failures = []
         for tracker in self.trackers:
-            tracker.close()
+            try:
+                tracker.close()
+            except Exception as e:  # the next tracker still closes
+                failures.append(e)
+        if failures:
+            raise failures[0]
 
 
 NO_TRACKERS = Trackers([])  # --report-to none

@@ -229,3 +229,20 @@ def test_the_flag_takes_a_list_as_trl_does(fake_wandb):
 def test_loggable_keeps_finite_numbers_and_flattens():
     values = {"a": 1, "b": float("nan"), "c": None, "d": True, "e": "x", "f": {"g": 0.5, "h": float("inf")}, "i": [1]}
     assert trackers.loggable(values) == {"a": 1, "f/g": 0.5}
+
+
+def test_every_tracker_closes_when_one_fails_to():
+    closed = []
+
+    class Tracker:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+            if self.name == "first":
+                raise OSError("disk full (injected)")
+
+    with pytest.raises(OSError, match="disk full"):
+        trackers.Trackers([Tracker("first"), Tracker("second")]).close()
+    assert closed == ["first", "second"]
