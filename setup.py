@@ -83,9 +83,14 @@ setup(
     ],
     extras_require={
         # pyarrow: a 55 MB wheel with no dependencies, so the .parquet loader is tested too
-        "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14"],
+        "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14",
+                 "tensorboard>=2.14"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],
         "parquet": ["pyarrow>=14"],  # rlvfast.tasks.problems reads --data FILE.parquet
+        # --report-to: the trackers (rlvfast.train.trackers)
+        "tensorboard": ["tensorboard>=2.14"],
+        "wandb": ["wandb"],
+        "trackio": ["trackio"],
         "bench": ["pytest-benchmark>=4", "liger-kernel", "trl"],
     },
 )

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from rlvfast.eval.compare import Evaluated, compare, format_comparison, plot_comparison
 from rlvfast.train import checkpoint as ckpt
-from rlvfast.train import loop, run_dir, setup
+from rlvfast.train import loop, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig
 from rlvfast.train.report import eval_problems, evaluate_pools
 
@@ -73,15 +73,17 @@ def train_compare(config: TrainConfig, shared: loop.Shared, log) -> dict:
 
     base_config = base_method_config(config)
     _train_base_method(base_config, shared, log)
-    rlv_run, _ = loop.fit(replace(config, resume=config.resume and _has_checkpoint(out)), shared, {}, log)
-
-    t0 = time.perf_counter()
-    evaluated = _evaluate_finals(config, shared, rlv_run, splits)
-    eval_seconds += time.perf_counter() - t0
-    summary = {"config": config.to_dict(), "steps": config.steps,
-               **compare(evaluated["base_method"], evaluated["rlv"], base_model)}
-    summary["wall_seconds"] = time.perf_counter() - wall_start
-    summary["time"] = _phase_times([base_config, config], eval_seconds, summary["wall_seconds"])
+    rlv_resume = config.resume and _has_checkpoint(out)
+    with trackers.open_trackers(config, rlv_resume) as tracked:
+        rlv_run, _ = loop.fit(replace(config, resume=rlv_resume), shared, {}, log, tracked)
+        t0 = time.perf_counter()
+        evaluated = _evaluate_finals(config, shared, rlv_run, splits)
+        eval_seconds += time.perf_counter() - t0
+        summary = {"config": config.to_dict(), "steps": config.steps,
+                   **compare(evaluated["base_method"], evaluated["rlv"], base_model)}
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        summary["time"] = _phase_times([base_config, config], eval_seconds, summary["wall_seconds"])
+        tracked.log_summary(summary, config.steps)
     _write_base_summary(base_config, summary["base_method"])
     loop.write_summary(out, summary)
     plot_comparison(summary, out / PLOT_FILE)
@@ -120,7 +122,8 @@ def _train_base_method(config: TrainConfig, shared: loop.Shared, log) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     run_dir.prepare(out, config.resume, overwrite=not config.resume)  # no checkpoint: start it afresh
-    loop.fit(config, shared, {}, log)
+    with trackers.open_trackers(config, config.resume) as tracked:  # its own: OUT/base_method/runs, ...
+        loop.fit(config, shared, {}, log, tracked)
     _write_base_summary(config, {})
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvfast.cli import CommandParser, UserError
+from rlvfast.train.trackers import TRACKERS, check_report_to
 from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, VERIFIER_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
@@ -35,7 +36,7 @@ LORA_REFUSED = ("lm_head", "embed_tokens")
 # options a --resume may change: they do not change what the run computes
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
                                "max_bad_steps", "log_every", "micro_batch", "gradient_checkpointing", "device",
-                               "eval_problems", "eval_samples", "eval_splits", "compare"})
+                               "eval_problems", "eval_samples", "eval_splits", "compare", "report_to"})
 EVAL_OPTIONS = ("eval_problems", "eval_samples", "eval_splits")
 
 
@@ -125,6 +126,10 @@ class TrainConfig:
                           "when stderr is not a terminal (a log file, CI, Slurm; a terminal shows a "
                           "progress bar instead); 0 = never")
     device: str = _opt("auto", "auto (cuda if available, else cpu), cpu or cuda; bf16 autocast on cuda")
+    report_to: list[str] = _opt(("none",), f"where the step metrics also go, one or more of {', '.join(TRACKERS)} "
+                                "(TRL's names): tensorboard writes OUT/runs, wandb and trackio a run in project "
+                                "$WANDB_PROJECT / $TRACKIO_PROJECT or 'rlvfast'; each needs its package "
+                                "(pip install 'rlvfast[tensorboard]', ...)")
     # ---- the end-of-run evaluation (synthetic data only)
     eval_problems: int = _opt(400, "held-out problems per split for the final table (0 = no table; "
                               "synthetic --data only: evaluate other data with python -m rlvfast.eval)")
@@ -146,6 +151,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.eval_splits = list(self.eval_splits)
+        self.report_to = check_report_to(list(self.report_to)) or ["none"]
         if self.algo not in ALGOS:
             raise UserError(f"--algo must be one of {ALGOS}, got {self.algo!r}")
         if self.loss_agg is None:

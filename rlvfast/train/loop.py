@@ -39,7 +39,7 @@ from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
 from rlvfast.train import metrics as metrics_log
-from rlvfast.train import heads, precision, run_dir, setup
+from rlvfast.train import heads, precision, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
@@ -70,6 +70,7 @@ class Run:
     fast_forward: bool = True  # False: HF's padded forward in `update` (the reference)
     adapter: object = None  # --lora-r: the PeftModel around `model`, whose save_pretrained writes the adapter
     master: precision.MasterWeights | None = None  # --dtype bf16, full fine-tune: what the optimizer steps
+    trackers: trackers.Trackers = trackers.NO_TRACKERS  # --report-to: each step's metrics go there too
 
     @property
     def step_params(self) -> list[torch.nn.Parameter]:
@@ -120,9 +121,11 @@ def _train(config: TrainConfig, shared: Shared, log) -> dict:
     wall_start = time.perf_counter()
     out = Path(config.out)
     splits = eval_problems(config) if config.has_table else {}
-    run, warm_eval = fit(config, shared, splits, log)
-    summary = _summary(run, splits, warm_eval)
-    summary["wall_seconds"] = time.perf_counter() - wall_start
+    with trackers.open_trackers(config, config.resume) as tracked:
+        run, warm_eval = fit(config, shared, splits, log, tracked)
+        summary = _summary(run, splits, warm_eval)
+        summary["wall_seconds"] = time.perf_counter() - wall_start
+        tracked.log_summary(summary, config.steps)
     write_summary(out, summary)
     if splits:
         log(format_table(summary))
@@ -135,13 +138,15 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(metrics_log.finite_or_none(summary), indent=1, allow_nan=False))
 
 
-def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], log) -> tuple[Run, dict]:
+def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], log,
+        tracked: trackers.Trackers = trackers.NO_TRACKERS) -> tuple[Run, dict]:
     """One run in OUT, from its start or its latest checkpoint (`config.resume`) to
-    `config.steps`, then OUT/final. Returns the run and its start's evaluation on `splits`
-    (`_evaluate_start`; a resumed run's comes from its checkpoint)."""
+    `config.steps`, then OUT/final; each step's metrics also go to `tracked`. Returns the run
+    and its start's evaluation on `splits` (`_evaluate_start`; a resumed run's comes from its checkpoint)."""
     resume_from, state = setup.resume_state(config) if config.resume else (None, None)
     setup.seed_everything(config.seed)
     run = _build_run(config, shared, resume_from, log)
+    run.trackers = tracked
     if state is not None:
         start_step, num_bad, warm_eval = setup.restore(run.optimizer, run.scheduler, state)
         if run.master is not None:
@@ -174,6 +179,7 @@ def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_e
             metrics["num_bad_steps"] = num_bad
             metrics_file.write(metrics_log.json_line(metrics) + "\n")
             metrics_file.flush()
+            run.trackers.log_step(metrics)
             metrics_log.show_step(bar, metrics, config.steps, config.log_every, log)
             if num_bad >= config.max_bad_steps:
                 last = ckpt.read_marker(out)

@@ -236,3 +236,25 @@ def test_saved_files_are_readable_by_others_as_the_umask_allows(micro, tmp_path)
     modes = {f"{p.name}/{f.name}": oct(f.stat().st_mode & 0o777) for p in paths for f in p.iterdir()}
     assert "step-000001/model.safetensors" in modes and "final/model.safetensors" in modes
     assert {m for m in modes.values()} == {"0o644"}, modes
+
+
+@pytest.mark.parametrize("bars_on", [True, False])
+def test_checkpoints_save_and_load_without_bars_and_leave_the_setting(micro, tmp_path, capfd, bars_on):
+    """No "Writing model shards" / "Loading weights" bar for a checkpoint's save or its load
+    (stderr is no terminal here), and the user's own setting of transformers' bars is back after."""
+    from transformers.utils import logging as hf_logging
+
+    model, tok = micro
+    was_on = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if bars_on else hf_logging.disable_progress_bar)()
+    try:
+        model.save_pretrained(tmp_path / "plain")  # the control: transformers' own save shows its bar
+        assert ("Writing model shards" in capfd.readouterr().err) == bars_on
+        path = ckpt.save_checkpoint(tmp_path / "run", 1, model, tok, _state(1))
+        ckpt.save_final(tmp_path / "run", model, tok)
+        load_model(path)
+        assert hf_logging.is_progress_bar_enabled() == bars_on
+    finally:
+        (hf_logging.enable_progress_bar if was_on else hf_logging.disable_progress_bar)()
+    err = capfd.readouterr().err
+    assert "Writing" not in err and "Loading" not in err, err
