@@ -83,9 +83,11 @@ setup(
     ],
     extras_require={
         # pyarrow: a 55 MB wheel with no dependencies, so the .parquet loader is tested too
-        "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14"],
+        "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14",
+                 "datasets>=2.14"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],
         "parquet": ["pyarrow>=14"],  # rlvfast.tasks.problems reads --data FILE.parquet
+        "datasets": ["datasets>=2.14"],  # --data DIR saved with datasets' save_to_disk (no torch dependency)
         "bench": ["pytest-benchmark>=4", "liger-kernel", "trl"],
     },
 )
