@@ -14,7 +14,8 @@ guessed from the first row unless given, and `fields` maps other schemas' keys o
 mapped column that is not there is a `DataError` naming it and the columns there. A bad row is
 a `DataError` naming the file, the line and the field; `skip_bad=True` skips bad rows instead,
 warns once with the count and the first one, and records them on the returned list. Rows
-without an id get `FILE-STEM-N` (a saved split: `SPLIT-N`). Synthetic problems live in
+without an id get `FILE-STEM-N` (a saved split: `SPLIT-N`, an unnamed saved Dataset:
+`FOLDER-N`). Synthetic problems live in
 `rlvfast.tasks.synthetic`; grading lives in `rlvfast.tasks.grading`.
 """
 from __future__ import annotations
