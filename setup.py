@@ -84,9 +84,11 @@ setup(
     extras_require={
         # pyarrow: a 55 MB wheel with no dependencies, so the .parquet loader is tested too
         "test": ["import-linter>=2.1", "pytest>=8", "pytest-benchmark>=4", "gguf>=0.10", "accelerate>=1.0", "pyarrow>=14",
-                 "tensorboard>=2.14"],
+                 "tensorboard>=2.14", "datasets>=2.14", "peft>=0.13"],
         "gguf": ["gguf>=0.10", "accelerate>=1.0"],
         "parquet": ["pyarrow>=14"],  # rlvfast.tasks.problems reads --data FILE.parquet
+        "datasets": ["datasets>=2.14"],  # --data DIR saved with datasets' save_to_disk (no torch dependency)
+        "lora": ["peft>=0.13"],  # --lora-r (rlvfast.models.lora); peft requires torch, kept by the range
         # --report-to: the trackers (rlvfast.train.trackers)
         "tensorboard": ["tensorboard>=2.14"],
         "wandb": ["wandb"],

@@ -77,7 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hugging Face model directory, .gguf file or hub id (org/name)")
     p.add_argument("--data", required=True,
                    help="a .jsonl, .json (one array of records) or .parquet (pip install 'rlvfast[parquet]') "
-                        "file in MATH500, GSM8K, AIME24 or AMC23 format, or synthetic[:test|hard|ops=N,digits=M]")
+                        "file in MATH500, GSM8K, AIME24 or AMC23 format, a directory (a datasets save_to_disk "
+                        "directory, pip install 'rlvfast[datasets]', or a hub-style folder of such files split "
+                        "by file name: test.jsonl, data/test-00000-of-00001.parquet), or "
+                        "synthetic[:test|hard|ops=N,digits=M]")
+    p.add_argument("--data-split", default=None,
+                   help="the split of a --data directory (default: test where there is one, else the only one)")
+    p.add_argument("--problem-field", default=None,
+                   help="the --data column holding the problem text (default: problem, or question)")
+    p.add_argument("--answer-field", default=None,
+                   help="the --data column holding the gold answer (default: answer, or a MATH solution's last "
+                        "\\boxed{})")
+    p.add_argument("--id-field", default=None,
+                   help="the --data column holding a unique problem id (default: id, or unique_id, else FILE-ROW)")
     p.add_argument("--out", required=True, help="output directory (reused: finished problems are skipped)")
     p.add_argument("--n", type=_positive_int, default=64, help="samples per problem")
     p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=_positive_int, default=None,
@@ -130,16 +142,27 @@ def _ignored_flags(args: argparse.Namespace) -> list[str]:
     return messages
 
 
-def _check_data(parser: argparse.ArgumentParser, data: str) -> None:
-    if data.startswith("synthetic"):
+DATA_OPTIONS = ("data_split", "problem_field", "answer_field", "id_field")
+
+
+def _check_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--data exists (or is a synthetic split); the split and column options name something."""
+    given = [name for name in DATA_OPTIONS if getattr(args, name) is not None]
+    for name in given:
+        if not getattr(args, name).strip():
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)!r}: empty")
+    if args.data.startswith("synthetic"):
         from rlvfast.tasks.synthetic import parse_difficulty
 
+        if given:
+            parser.error(f"{', '.join('--' + n.replace('_', '-') for n in given)}: for a --data file or directory; "
+                         f"synthetic data has no columns, and its split is --data synthetic:SPLIT")
         try:
-            parse_difficulty(data.partition(":")[2] or "test")
+            parse_difficulty(args.data.partition(":")[2] or "test")
         except ValueError as err:
-            parser.error(f"--data {data!r}: {err}")
-    elif not os.path.isfile(data):
-        parser.error(f"--data {data!r}: no such file (or use synthetic[:split])")
+            parser.error(f"--data {args.data!r}: {err}")
+    elif not os.path.exists(args.data):
+        parser.error(f"--data {args.data!r}: no such file or directory (or use synthetic[:split])")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.verify_prompt = args.verify_prompt.replace("\\n", "\n")
         if not args.verify_prompt.strip():
             parser.error(f"--verify-prompt {args.verify_prompt!r}: empty")
-    _check_data(parser, args.data)
+    _check_data(parser, args)
     if args.baseline is not None and not os.path.isfile(os.path.join(args.baseline, "results.json")):
         parser.error(f"--baseline {args.baseline!r}: no results.json there (run the baseline's eval first)")
     from rlvfast.models import is_local_path

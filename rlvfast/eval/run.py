@@ -58,17 +58,19 @@ COMPARISON_PLOT = "comparison.png"
 
 # ---------------------------------------------------------------------------- problems
 def load_eval_problems(args: argparse.Namespace) -> list[Problem]:
-    """The problems of --data: --num-problems synthetic ones, or the file's; the first --limit."""
+    """The problems of --data: --num-problems synthetic ones, or those of the file (or of the
+    directory's --data-split, by default its test split); the first --limit."""
     if args.data.startswith("synthetic"):
         from rlvfast.tasks.synthetic import make_problems
 
         split = args.data.partition(":")[2] or "test"
         problems = make_problems(args.num_problems, split, seed=0)
     else:
-        from rlvfast.tasks.problems import DataError, load_problems
+        from rlvfast.tasks.problems import DataError, column_fields, load_problems
 
+        fields = column_fields(args.problem_field, args.answer_field, args.id_field)
         try:
-            problems = load_problems(args.data)
+            problems = load_problems(args.data, fields=fields, split=args.data_split, default_split="test")
         except DataError as error:
             raise UserError(f"--data: {error}") from error
     problems = problems[: args.limit] if args.limit else problems

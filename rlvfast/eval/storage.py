@@ -21,7 +21,7 @@ from rlvfast.cli import UserError
 
 # Settings a rerun must share with the samples already in OUT/ (the problem list may grow).
 RUN_KEYS = ("model", "data", "n", "max_tokens", "temperature", "top_p", "seed", "verify_prompt", "judge",
-            "judge_max_tokens", "lengths")
+            "judge_max_tokens", "lengths", "data_split", "problem_field", "answer_field", "id_field")
 
 
 def check_run_config(out: Path, config: dict) -> None:

@@ -1,27 +1,37 @@
-"""Problem records and loaders for MATH, GSM8K, AIME and AMC style files.
+"""Problem records and loaders for MATH, GSM8K, AIME and AMC style data.
 
-`load_problems(path)` reads one file into `Problem`s with string gold answers. A file is
-`.jsonl` (one JSON object per line), `.json` (one array of objects) or `.parquet` (needs
-pyarrow: `pip install 'rlvfast[parquet]'`). MATH takes the
-`answer` field or else the last `\\boxed{}` of `solution`; GSM8K takes the text after
-`####`; AIME/AMC answers are numbers, written as integers where integral (`27.0` -> `27`,
-`025` -> `25`). The format is guessed from the first row unless given, and `fields` maps
-other files' keys onto ours. A bad row is a `DataError` naming the file, the line and the
-field; `skip_bad=True` skips bad rows instead, warns once with the count and the first one,
-and records them on the returned list. Synthetic problems live in `rlvfast.tasks.synthetic`;
-grading lives in `rlvfast.tasks.grading`.
+`load_problems(path)` reads a data file or folder into `Problem`s with string gold answers.
+`path` is a `.jsonl` (one JSON object per line), `.json` (one array of objects) or `.parquet`
+file (needs pyarrow: `pip install 'rlvfast[parquet]'`), or a directory: a `datasets`
+`save_to_disk` directory (needs `pip install 'rlvfast[datasets]'`) or a hub-style folder of
+such files, split by file name (`train-00000-of-00001.parquet`, `test.jsonl`); `split=` picks
+the split, else `default_split` where there is one, else the only one (the rules, and the
+errors naming the splits there: `rlvfast.tasks.sources`). MATH takes the `answer` field or
+else the last `\\boxed{}` of `solution`; GSM8K takes the text after `####`; AIME/AMC answers
+are numbers, written as integers where integral (`27.0` -> `27`, `025` -> `25`). The format is
+guessed from the first row unless given, and `fields` maps other schemas' keys onto ours
+(`column_fields` builds it from the --problem-field / --answer-field / --id-field options); a
+mapped column that is not there is a `DataError` naming it and the columns there. A bad row is
+a `DataError` naming the file, the line and the field; `skip_bad=True` skips bad rows instead,
+warns once with the count and the first one, and records them on the returned list. Rows
+without an id get `FILE-STEM-N` (a saved split: `SPLIT-N`, an unnamed saved Dataset:
+`FOLDER-N`). Synthetic problems live in
+`rlvfast.tasks.synthetic`; grading lives in `rlvfast.tasks.grading`.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rlvfast.answers import last_boxed
+from rlvfast.tasks.sources import DataError, Part, find_source, read_part
+
+__all__ = ["DataError", "FIELD_KEYS", "FORMATS", "Problem", "ProblemList", "column_fields", "guess_format",
+           "load_problems"]
 
 
 @dataclass(slots=True)
@@ -40,64 +50,98 @@ _GSM8K_FINAL_RE = re.compile(r"####\s*\S")
 _META_SKIP = {"problem", "question", "answer", "id", "unique_id"}
 
 
-class DataError(ValueError):
-    """A file that cannot be read as problems; the message names the file, line and field."""
-
-
 class ProblemList(list):
     """The loaded problems, plus what was skipped (`skip_bad=True`): `skipped` holds one
-    message per bad row, `num_skipped` their count."""
+    message per bad row, `num_skipped` their count; `split` is the split read from a
+    directory (None for a file)."""
 
-    def __init__(self, problems: list[Problem], path: Path, format: str, skipped: list[str]):
+    def __init__(self, problems: list[Problem], path: Path, format: str, skipped: list[str],
+                 split: str | None = None):
         super().__init__(problems)
         self.path = path
         self.format = format
         self.skipped = skipped
+        self.split = split
 
     @property
     def num_skipped(self) -> int:
         return len(self.skipped)
 
 
+def column_fields(problem: str | None = None, answer: str | None = None, id: str | None = None) -> dict[str, str]:
+    """`fields` for `load_problems` from the --problem-field, --answer-field and --id-field
+    options (None: our own key, or its usual alternatives)."""
+    return {ours: theirs for ours, theirs in (("problem", problem), ("answer", answer), ("id", id))
+            if theirs is not None}
+
+
 def load_problems(path: str | Path, format: str | None = None, fields: dict[str, str] | None = None,
-                  skip_bad: bool = False) -> ProblemList:
-    """Problems from a `.jsonl`, `.json` or `.parquet` file (see the module docstring)."""
-    path = Path(path)
+                  skip_bad: bool = False, split: str | None = None, default_split: str = "train") -> ProblemList:
+    """Problems from a data file or directory (see the module docstring). `split` is the
+    directory's split to read; without it, `default_split` where there is one, else the only one."""
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
     fields = dict(fields or {})
     if unknown := sorted(set(fields) - set(FIELD_KEYS)):
         raise ValueError(f"fields keys must be among {FIELD_KEYS}, got {unknown} (map our name -> "
                          f"the file's key, e.g. {{'problem': 'question'}})")
-    if not path.is_file():
-        raise FileNotFoundError(f"problem file not found: {path}")
-
-    problems: list[Problem] = []
-    skipped: list[str] = []
-    seen_ids: set[str] = set()
-    for where, row in _read_rows(path, skip_bad, skipped):
-        try:
-            view = _apply_fields(row, fields, path, where)
-            if format is None:
-                format = guess_format(view, path, where)
-            problem = _to_problem(view, format, path, where)
-            if problem.id in seen_ids:
-                raise DataError(f"{path}:{where}: duplicate id {problem.id!r}")
-        except DataError as error:
-            if not skip_bad:
-                raise
-            skipped.append(str(error))
-            continue
-        seen_ids.add(problem.id)
-        problems.append(problem)
-
+    source = find_source(path, split, default_split)
+    reader = _Reader(format, fields, skip_bad)
+    for part in source.parts:
+        reader.read(part)
+    problems, skipped = reader.problems, reader.skipped
     if not problems and not skipped:
-        raise DataError(f"{path}: empty file (no rows)")
+        empty = "empty file" if source.path.is_file() else f"empty split {source.split!r}" if source.split else "empty"
+        raise DataError(f"{source.path}: {empty} (no rows)")
     if not problems:
-        raise DataError(f"{path}: no valid rows ({len(skipped)} bad; first: {skipped[0]})")
+        raise DataError(f"{source.path}: no valid rows ({len(skipped)} bad; first: {skipped[0]})")
     if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} bad row(s); first: {skipped[0]}", stacklevel=2)
-    return ProblemList(problems, path, format, skipped)
+        warnings.warn(f"{source.path}: skipped {len(skipped)} bad row(s); first: {skipped[0]}", stacklevel=2)
+    return ProblemList(problems, source.path, reader.format, skipped, source.split)
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Rows -> problems across the parts of one source: the first row decides the format, ids
+    are unique across parts, bad rows raise or (skip_bad) are collected."""
+    format: str | None
+    fields: dict[str, str]
+    skip_bad: bool
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seen_ids: set[str] = field(default_factory=set)
+
+    def read(self, part: Part) -> None:
+        columns, rows = read_part(part)
+        if columns is not None:
+            _check_columns(part.path, columns, self.fields)
+        for where, row in rows:
+            try:
+                problem = self._problem(row, part, where)
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                self.skipped.append(str(error))
+                continue
+            self.seen_ids.add(problem.id)
+            self.problems.append(problem)
+
+    def _problem(self, row: Any, part: Part, where: str) -> Problem:
+        if isinstance(row, DataError):  # a line that is not JSON
+            raise row
+        view = _apply_fields(row, self.fields, part.path, where)
+        if self.format is None:
+            self.format = guess_format(view, part.path, where)
+        problem = _to_problem(view, self.format, part, where)
+        if problem.id in self.seen_ids:
+            raise DataError(f"{part.path}:{where}: duplicate id {problem.id!r}")
+        return problem
+
+
+def _check_columns(path: Path, columns: list[str], fields: dict[str, str]) -> None:
+    """A mapped column that a parquet file or saved dataset lacks, named with the ones it has."""
+    if missing := [f"{theirs!r} (mapped to {ours!r})" for ours, theirs in fields.items() if theirs not in columns]:
+        raise DataError(f"{path}: no column {', '.join(missing)}; columns: {columns}")
 
 
 def guess_format(row: dict[str, Any], path: Path | str = "<row>", where: str = "line 1") -> str:
@@ -116,56 +160,6 @@ def guess_format(row: dict[str, Any], path: Path | str = "<row>", where: str = "
                     f"format= (one of {FORMATS}) or fields= (e.g. {{'problem': 'question'}})")
 
 
-def _read_rows(path: Path, skip_bad: bool, skipped: list[str]) -> Iterator[tuple[str, Any]]:
-    """(`line N` or `row N`, row) pairs; bad JSON is a DataError (or skipped, in a .jsonl)."""
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
-    elif path.suffix == ".json":
-        yield from _json_array_rows(path)
-    elif path.suffix == ".jsonl":
-        yield from _jsonl_rows(path, skip_bad, skipped)
-    else:
-        raise DataError(f"{path}: expected a .jsonl, .json or .parquet file, got suffix {path.suffix!r}")
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as error:
-        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'rlvfast[parquet]'") from error
-    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-        yield f"row {number}", row
-
-
-def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """A .json file is one array of objects; a bad file is an error even with skip_bad (no row
-    of it can be told apart from the next)."""
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        hint = "; one object per line is a .jsonl file" if error.msg == "Extra data" else ""
-        raise DataError(f"{path}: bad JSON ({error.msg} at line {error.lineno} column {error.colno}){hint}") from error
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}"
-                        + (f" with keys {sorted(rows)[:8]}" if isinstance(rows, dict) else ""))
-    for number, row in enumerate(rows, start=1):
-        yield f"row {number}", row
-
-
-def _jsonl_rows(path: Path, skip_bad: bool, skipped: list[str]) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as error:
-                message = f"{path}:line {number}: bad JSON ({error.msg} at column {error.colno})"
-                if not skip_bad:
-                    raise DataError(message) from error
-                skipped.append(message)
-
-
 def _apply_fields(row: Any, fields: dict[str, str], path: Path, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise DataError(f"{path}:{where}: expected a JSON object, got {type(row).__name__}")
@@ -178,8 +172,9 @@ def _apply_fields(row: Any, fields: dict[str, str], path: Path, where: str) -> d
     return view
 
 
-def _to_problem(row: dict[str, Any], format: str, path: Path, where: str) -> Problem:
-    stem_id = f"{path.stem}-{where.split()[-1]}"
+def _to_problem(row: dict[str, Any], format: str, part: Part, where: str) -> Problem:
+    path = part.path
+    stem_id = f"{part.id_stem}-{where.split()[-1]}"
     text_key = "question" if "problem" not in row and "question" in row else "problem"
     text = _require_text(row, text_key, path, where)
     meta = {key: value for key, value in row.items() if key not in _META_SKIP}

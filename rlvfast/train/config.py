@@ -38,6 +38,7 @@ RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoin
                                "max_bad_steps", "log_every", "micro_batch", "gradient_checkpointing", "device",
                                "eval_problems", "eval_samples", "eval_splits", "compare", "report_to"})
 EVAL_OPTIONS = ("eval_problems", "eval_samples", "eval_splits")
+DATA_OPTIONS = ("data_split", "problem_field", "answer_field", "id_field")
 
 
 def _opt(default, help: str, **kw):
@@ -56,7 +57,19 @@ class TrainConfig:
                       "synthetic solutions and cached), or a Hugging Face directory / hub id / .gguf file")
     data: str = _opt("synthetic", "training problems: 'synthetic' (3-operand single-digit chains, "
                      "generated on the fly) or a .jsonl, .json (an array of records) or .parquet file "
-                     "(.parquet needs pip install 'rlvfast[parquet]'), read by rlvfast.tasks.problems.load_problems")
+                     "(.parquet needs pip install 'rlvfast[parquet]'), or a directory: a datasets save_to_disk "
+                     "directory (pip install 'rlvfast[datasets]') or a hub-style folder of such files split by "
+                     "file name (train-00000-of-00001.parquet, test.jsonl); read by "
+                     "rlvfast.tasks.problems.load_problems")
+    data_split: str | None = _opt(None, "the split of a --data directory; default: train where there is one, "
+                                  "else the only one")
+    problem_field: str | None = _opt(None, "the --data column holding the problem text; default: problem "
+                                     "(or question)")
+    answer_field: str | None = _opt(None, "the --data column holding the gold answer (a GSM8K '#### N' text, "
+                                    "a number or a MATH answer); default: answer (or a MATH solution's last "
+                                    "\\boxed{})")
+    id_field: str | None = _opt(None, "the --data column holding a unique problem id; default: id (or "
+                                "unique_id, else FILE-ROW)")
     out: str = _opt("runs/default", "run directory: metrics.jsonl, checkpoints/, latest, final/, summary.json; "
                     "one run at a time (OUT/.lock holds the running one's pid)")
     resume: bool = _opt(False, "continue the run in OUT from OUT/latest, with the checkpoint's options for "
@@ -175,6 +188,7 @@ class TrainConfig:
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.reward is not None and ":" not in self.reward:
             raise UserError(f"--reward must be 'module:function', got {self.reward!r}")
+        self._check_data_options()
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: pass one")
         if self.compare and not (self.has_table and self.verifier_coef > 0):
@@ -202,6 +216,17 @@ class TrainConfig:
                             f"head and the embeddings as plain weights); choose among {' '.join(LORA_TARGETS)}")
         if importlib.util.find_spec("peft") is None:
             raise UserError(f"--lora-r {self.lora_r} needs the peft package: pip install 'rlvfast[lora]'")
+
+    def _check_data_options(self) -> None:
+        """--data-split and the column options: non-empty names, for a --data file or directory."""
+        given = [name for name in DATA_OPTIONS if getattr(self, name) is not None]
+        for name in given:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{flag(name)} must be a non-empty name, got {value!r}")
+        if given and self.is_synthetic:
+            raise UserError(f"{', '.join(map(flag, given))}: for a --data file or directory; --data synthetic "
+                            f"has no splits or columns")
 
     @property
     def is_tiny(self) -> bool:

@@ -23,7 +23,8 @@ from rlvfast.train import checkpoint as ckpt
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("metrics.jsonl", "metrics.tmp", "checkpoints", "latest", "final", "summary.json",
-             "base_method", "base_model.json", "comparison.png")  # the last three: rlvfast.train.compare
+             "base_method", "base_model.json", "comparison.png",  # these three: rlvfast.train.compare
+             "runs", "wandb", "trackers.json")  # --report-to's (rlvfast.train.trackers)
 _TEMP_PREFIXES = (".latest-", ".tmp-final-", ".old-final-")  # rlvfast.train.checkpoint's temporaries
 
 

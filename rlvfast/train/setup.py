@@ -44,9 +44,10 @@ def load_training_problems(config: TrainConfig) -> list[Problem]:
     if config.is_synthetic:
         from rlvfast.tasks.synthetic import make_problems
         return make_problems(20_000, "train", seed=config.seed)
-    from rlvfast.tasks.problems import load_problems
+    from rlvfast.tasks.problems import column_fields, load_problems
     try:
-        problems = load_problems(config.data)
+        fields = column_fields(config.problem_field, config.answer_field, config.id_field)
+        problems = load_problems(config.data, fields=fields, split=config.data_split, default_split="train")
     except (DataError, FileNotFoundError, ImportError) as e:  # ImportError: .parquet without pyarrow
         raise UserError(f"--data: {e}") from e  # its message names the file (and line)
     if not problems:

@@ -313,7 +313,10 @@ def test_overwrite_clears_the_old_run_and_only_it(micro_dir, tmp_path):
     out = tmp_path / "run"
     train_mod.train(config(micro_dir, out, steps=3, checkpoint_every=1, keep_last=3), log=quiet)
     (out / "notes.txt").write_text("mine")
+    (out / "runs").mkdir()  # what --report-to tensorboard / wandb left there
+    (out / "trackers.json").write_text("{}")
     train_mod.train(config(micro_dir, out, steps=2, overwrite=True), log=quiet)
+    assert not (out / "runs").exists() and not (out / "trackers.json").exists()
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert (out / "notes.txt").read_text() == "mine"
