@@ -41,11 +41,13 @@ def fmt(value, spec: str = ".3g", unit: str = "") -> str:
 
 
 def build_rows(d: dict) -> list[tuple[str, str, str]]:
-    install = d.get("install", {})
-    wheels = d.get("wheels", {})
-    return [("editable install (CUDA op built)", f"exit {install.get('returncode')}, {fmt(install.get('seconds'), '.0f', ' s')}, "
-             f"cuda op: {d.get('cuda_op_built')}", EXPECTED["build.seconds"]),
+    install, wheels = d.get("install", {}), d.get("wheels", {})
+    rows = [("pip install -e . (nvcc: %s)" % d.get("nvcc"),
+             f"exit {install.get('returncode')}, {fmt(install.get('seconds'), '.0f', ' s')}", EXPECTED["build.seconds"]),
             ("wheels installed", f"{len(wheels.get('wheels', []))} (exit {wheels.get('returncode')})", "4")]
+    if "install_without_cuda" in d:
+        rows.append(("retry without nvcc", f"exit {d['install_without_cuda']['returncode']}", ""))
+    return rows
 
 
 def env_rows(d: dict) -> list[tuple[str, str, str]]:
@@ -53,7 +55,8 @@ def env_rows(d: dict) -> list[tuple[str, str, str]]:
     return [("device", f"{d.get('device_name')} (sm {d.get('capability', '-')}, {fmt(d.get('memory_gib'), '.0f', ' GiB')})",
              "NVIDIA H200, sm 9.0"),
             ("versions", f"python {d.get('python')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""),
-            ("backends for the device's tensors", ", ".join(d.get("cuda_backends", [])), "reference, triton, cuda")]
+            ("backends for the device's tensors", ", ".join(d.get("cuda_backends", [])), "reference, triton, cuda"),
+            ("CUDA op (group_advantages_cuda) loaded", str(d.get("has_cuda_op")), "True")]
 
 
 def ops_rows(d: dict) -> list[tuple[str, str, str]]:
