@@ -12,6 +12,7 @@ the CPU until they honour it; see bench/gpu/README.md).
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -27,14 +28,17 @@ CUDA_BIN = "/usr/local/cuda/bin"
 MAX_LOG_CHARS = 4000
 
 
-def run_logged(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float | None = None) -> dict:
-    """Runs cmd; its output streams to ours; returns returncode, seconds and the output's tail."""
+def run_logged(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Runs cmd, its output streamed to ours line by line (a step killed at its time-out still
+    shows how far it got); returns returncode, seconds and the output's tail."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
-    print(proc.stdout[-MAX_LOG_CHARS:], flush=True)
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
     return {"cmd": " ".join(cmd), "returncode": proc.returncode, "seconds": time.perf_counter() - start,
-            "tail": proc.stdout[-MAX_LOG_CHARS:]}
+            "tail": "".join(tail)[-MAX_LOG_CHARS:]}
 
 
 def build_step(ctx: StepContext) -> None:
@@ -61,7 +65,8 @@ def install_wheels(ctx: StepContext) -> dict:
     if not wheels:
         return {"returncode": None, "wheels": [], "note": f"no wheels in {WHEELS_DIR} (bench/gpu/fetch_wheels.sh "
                                                           "fetches them; math-verify grading and Liger need them)"}
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir", "--disable-pip-version-check"]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir",
+           "--disable-pip-version-check"]
     cmd += ["--dry-run"] if ctx.dry_run else []
     result = run_logged(cmd + [str(w) for w in wheels], ctx.repo)
     return result | {"wheels": [w.name for w in wheels]}
@@ -100,7 +105,8 @@ def env_step(ctx: StepContext) -> None:
                versions={n: version(n) for n in ("torch", "triton", "transformers", "liger-kernel", "math-verify",
                                                  "rlvfast")},
                backends=backend_report(), cuda_backends=ops.available_backends(ctx.device),
-               has_cuda_op=_ext.has_cuda_ops(), **device_facts(ctx.device))
+               has_cuda_op=_ext.has_cuda_ops(), matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+               **device_facts(ctx.device))
 
 
 def device_facts(device) -> dict:

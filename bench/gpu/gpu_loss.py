@@ -86,8 +86,7 @@ def measure(loss_fn, x: dict, ctx: StepContext) -> dict:
     result = time_and_peak(lambda: loss_fn().backward(), ctx.device, ctx.sizes.loss_reps, drop_grads)
     tflops = 6 * n * h * v / result["median_s"] / 1e12
     return result | {"ms": 1e3 * result["median_s"], "tflops": tflops,
-                     "fraction_of_bf16_peak": tflops / H200_BF16_PEAK_TFLOPS,
-                     "peak_extra_gib": None if result["peak_extra_bytes"] is None else result["peak_extra_bytes"] / 2**30}
+                     "fraction_of_bf16_peak": tflops / H200_BF16_PEAK_TFLOPS}
 
 
 def loss_step(ctx: StepContext) -> None:

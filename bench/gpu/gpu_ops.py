@@ -35,8 +35,8 @@ def lm_head_inputs(n: int, h: int, v: int, dtype: torch.dtype, device: torch.dev
     hidden = torch.randn(n, h, generator=g, dtype=F64).to(dtype).to(device)
     weight = (torch.randn(v, h, generator=g, dtype=F64) * (2.0 / h ** 0.5)).to(dtype).to(device)
     targets = torch.randint(0, v, (n,), generator=g).to(device)
-    noise, advantages, weights, upstream = (torch.randn(n, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64),
-                                            torch.rand(n, generator=g, dtype=F64) / n, torch.randn(2, n, generator=g, dtype=F64))
+    noise, advantages = torch.randn(n, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64)
+    weights, upstream = torch.rand(n, generator=g, dtype=F64) / n, torch.randn(2, n, generator=g, dtype=F64)
     lp, _ = reference.token_logprobs(hidden.to(F64), weight.to(F64), targets)  # (N,)
     per_token = dict(old_logprobs=lp - 0.3 * noise.to(device), advantages=advantages, weights=weights)
     return dict(hidden=hidden, weight=weight, targets=targets, upstream=upstream.to(device),

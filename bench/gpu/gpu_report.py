@@ -42,8 +42,8 @@ def fmt(value, spec: str = ".3g", unit: str = "") -> str:
 
 def build_rows(d: dict) -> list[tuple[str, str, str]]:
     install, wheels = d.get("install", {}), d.get("wheels", {})
-    rows = [("pip install -e . (nvcc: %s)" % d.get("nvcc"),
-             f"exit {install.get('returncode')}, {fmt(install.get('seconds'), '.0f', ' s')}", EXPECTED["build.seconds"]),
+    result = f"exit {install.get('returncode')}, {fmt(install.get('seconds'), '.0f', ' s')}"
+    rows = [(f"pip install -e . (nvcc: {d.get('nvcc')})", result, EXPECTED["build.seconds"]),
             ("wheels installed", f"{len(wheels.get('wheels', []))} (exit {wheels.get('returncode')})", "4")]
     if "install_without_cuda" in d:
         rows.append(("retry without nvcc", f"exit {d['install_without_cuda']['returncode']}", ""))
@@ -51,10 +51,9 @@ def build_rows(d: dict) -> list[tuple[str, str, str]]:
 
 
 def env_rows(d: dict) -> list[tuple[str, str, str]]:
-    versions = d.get("versions", {})
-    return [("device", f"{d.get('device_name')} (sm {d.get('capability', '-')}, {fmt(d.get('memory_gib'), '.0f', ' GiB')})",
-             "NVIDIA H200, sm 9.0"),
-            ("versions", f"python {d.get('python')}, " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""),
+    versions = ", ".join(f"{k} {v}" for k, v in d.get("versions", {}).items())
+    device = f"{d.get('device_name')} (sm {d.get('capability', '-')}, {fmt(d.get('memory_gib'), '.0f', ' GiB')})"
+    return [("device", device, "NVIDIA H200, sm 9.0"), ("versions", f"python {d.get('python')}, {versions}", ""),
             ("backends for the device's tensors", ", ".join(d.get("cuda_backends", [])), "reference, triton, cuda"),
             ("CUDA op (group_advantages_cuda) loaded", str(d.get("has_cuda_op")), "True")]
 
@@ -63,49 +62,53 @@ def ops_rows(d: dict) -> list[tuple[str, str, str]]:
     rows = []
     for dtype in ("float32", "bfloat16", "float64"):
         cases = [c for c in d.get("cases", []) if c["dtype"] == dtype]
-        errors = [c["max_error"] for c in cases if c["max_error"] is not None]
-        if cases:
-            rows.append((f"{dtype}: worst error vs fp64 ({len(cases)} cases)",
-                         f"{fmt(max(errors, default=None), '.1e')}, {sum(not c['ok'] for c in cases)} outside tolerance",
-                         f"<= {cases[0]['tolerance']:.0e}"))
+        if not cases:
+            continue
+        worst = max((c["max_error"] for c in cases if c["max_error"] is not None), default=None)
+        rows.append((f"{dtype}: worst error vs fp64 ({len(cases)} cases)",
+                     f"{fmt(worst, '.1e')}, {sum(not c['ok'] for c in cases)} outside tolerance",
+                     f"<= {cases[0]['tolerance']:.0e}"))
     return rows
 
 
 def loss_rows(d: dict) -> list[tuple[str, str, str]]:
     rows = []
     for name, c in d.get("cases", {}).items():
+        expected = EXPECTED.get(f"loss.{name}", "")
         if "error" in c:
-            rows.append((name, f"error: {c['error'][:120]}", EXPECTED.get(f"loss.{name}", "")))
+            rows.append((name, f"error: {c['error'][:120]}", expected))
             continue
         peak = None if c.get("peak_extra_bytes") is None else c["peak_extra_bytes"] / GIB
-        rows.append((f"{name} fwd+bwd (N={d['n']}, H={d['h']}, V={d['v']})",
-                     f"{fmt(c['ms'], '.1f', ' ms')}, {fmt(c['tflops'], '.0f')} TFLOP/s "
-                     f"({fmt(100 * c['fraction_of_bf16_peak'], '.0f')}% of 790), peak +{fmt(peak, '.2f', ' GiB')}",
-                     EXPECTED.get(f"loss.{name}", "")))
+        value = (f"{fmt(c['ms'], '.1f', ' ms')}, {fmt(c['tflops'], '.0f')} TFLOP/s "
+                 f"({fmt(100 * c['fraction_of_bf16_peak'], '.0f')}% of 790), peak +{fmt(peak, '.2f', ' GiB')}")
+        rows.append((f"{name} fwd+bwd (N={d['n']}, H={d['h']}, V={d['v']})", value, expected))
     return rows
+
+
+def rate(run: dict) -> str:
+    return f"{fmt(run.get('tokens_per_s'), '.0f')} tokens/s ({fmt(run.get('seconds'), '.2f', ' s')})"
 
 
 def sampler_rows(d: dict) -> list[tuple[str, str, str]]:
     ours, hf = d.get("ours", {}), d.get("hf", {})
-    shape = f"{d.get('prompts')} x {d.get('samples')} x {d.get('new_tokens')}"
-    return [(f"ours, {shape}, scored", f"{fmt(ours.get('tokens_per_s'), '.0f')} tokens/s "
-             f"({fmt(ours.get('seconds'), '.2f', ' s')})", EXPECTED["sampler.ours"]),
-            ("HF generate, same batch", f"{fmt(hf.get('tokens_per_s'), '.0f')} tokens/s ({fmt(hf.get('seconds'), '.2f', ' s')})",
-             EXPECTED["sampler.hf"]),
+    share = None if "verify_share" not in ours else 100 * ours["verify_share"]
+    return [(f"ours, {d.get('prompts')} x {d.get('samples')} x {d.get('new_tokens')}, scored", rate(ours),
+             EXPECTED["sampler.ours"]),
+            ("HF generate, same batch", rate(hf), EXPECTED["sampler.hf"]),
             ("speedup over HF", fmt(d.get("speedup"), ".2f", "x"), EXPECTED["sampler.speedup"]),
-            ("in-cache verification share", f"{fmt(100 * ours['verify_share'], '.2f', '%') if 'verify_share' in ours else '-'} "
-             f"({ours.get('verify_calls', '-')} forwards)", EXPECTED["sampler.verify_share"])]
+            ("in-cache verification share", f"{fmt(share, '.2f', '%')} ({ours.get('verify_calls', '-')} forwards)",
+             EXPECTED["sampler.verify_share"])]
 
 
 def train_rows(d: dict) -> list[tuple[str, str, str]]:
     rows = []
     for i, m in enumerate(d.get("steps", []), 1):
-        rows.append((f"RL^V step {i}: sampling / grading / update",
-                     f"{fmt(m['time/sampling'], '.2f')} / {fmt(m['time/grading'], '.3f')} / {fmt(m['time/update'], '.2f')} s "
-                     f"= {fmt(m['step_s'], '.2f', ' s')}", EXPECTED[f"train.step{min(i, 2)}"]))
+        split = " / ".join(fmt(m[k], ".3f") for k in ("time/sampling", "time/grading", "time/update"))
+        rows.append((f"RL^V step {i}: sampling / grading / update", f"{split} s = {fmt(m['step_s'], '.2f', ' s')}",
+                     EXPECTED[f"train.step{min(i, 2)}"]))
     if "wall_s" in d:
-        rows.append(("train() wall, of it outside the steps", f"{fmt(d['wall_s'], '.1f')} s, {fmt(d['outside_steps_s'], '.1f')} s",
-                     EXPECTED["train.outside"]))
+        rows.append(("train() wall, of it outside the steps",
+                     f"{fmt(d['wall_s'], '.1f')} s, {fmt(d['outside_steps_s'], '.1f')} s", EXPECTED["train.outside"]))
     return rows
 
 
@@ -120,22 +123,27 @@ ROWS = {"build": build_rows, "env": env_rows, "ops": ops_rows, "loss": loss_rows
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    lines = [f"# rlvfast device check ({'DRY RUN, CPU, tiny shapes' if meta['dry_run'] else 'GPU'})", "",
-             f"started {meta['started']}, wall {fmt(meta.get('wall_s'), '.0f', ' s')} of a {meta['budget_s']} s budget; "
-             f"commit {meta.get('commit')}", "", "| step | measure | value | expected (estimate) |", "| --- | --- | --- | --- |"]
+    title = "DRY RUN, CPU, tiny shapes" if meta["dry_run"] else "GPU"
+    lines = [f"# rlvfast device check ({title})", "",
+             f"started {meta['started']}, wall {fmt(meta.get('wall_s'), '.0f', ' s')} of a {meta['budget_s']} s "
+             f"budget; commit {meta.get('commit')}", "",
+             "| step | measure | value | expected (estimate) |", "| --- | --- | --- | --- |"]
     for name, step in results["steps"].items():
-        status = f"{step['status']}, {fmt(step.get('seconds'), '.0f', ' s')}"
-        lines.append(f"| {name} | status | {status} | |")
+        rows = [("status", f"{step['status']}, {fmt(step.get('seconds'), '.0f', ' s')}", "")]
         if step.get("error"):
-            lines.append(f"| {name} | error | {one_line(step['error'])} | |")
+            rows.append(("error", last_line(step["error"]), ""))
         try:
-            rows = ROWS[name](step.get("data", {}))
+            rows += ROWS[name](step.get("data", {}))
         except (KeyError, TypeError) as e:  # a step that stopped early lacks fields: say so, keep the table
-            rows = [("(incomplete)", f"{type(e).__name__}: {e}", "")]
-        lines += [f"| {name} | {m} | {v} | {x} |" for m, v, x in rows]
+            rows.append(("(incomplete)", f"{type(e).__name__}: {e}", ""))
+        lines += ["| " + " | ".join(cell(x) for x in (name, *row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def one_line(error: str) -> str:
-    last = [line for line in error.strip().splitlines() if line.strip()][-1:] or [""]
-    return last[0].replace("|", "/")[:200]
+def last_line(error: str) -> str:
+    return ([line for line in error.strip().splitlines() if line.strip()][-1:] or [""])[0][:200]
+
+
+def cell(text: str) -> str:
+    """Text safe inside a markdown table cell (no '|', one line)."""
+    return " ".join(str(text).replace("|", "/").split())

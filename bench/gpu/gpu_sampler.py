@@ -82,8 +82,8 @@ def sampler_step(ctx: StepContext) -> None:
     run_ours(sampler, prompts[:2], 2, 4, ctx.device)  # warm-up
     ours = run_ours(sampler, prompts, s.sampler_samples, s.sampler_tokens, ctx.device)
     generate_s = ours["seconds"] - ours["verify_s"]
-    ours |= {"tokens_per_s": ours["tokens"] / ours["seconds"], "tokens_per_s_without_verify": ours["tokens"] / generate_s,
-             "verify_share": ours["verify_s"] / generate_s}
+    ours |= {"tokens_per_s": ours["tokens"] / ours["seconds"],
+             "tokens_per_s_without_verify": ours["tokens"] / generate_s, "verify_share": ours["verify_s"] / generate_s}
     ctx.record(ours=ours, peak_memory_bytes=peak_memory_bytes(ctx.device))
     run_hf(sampler, prompts[:2], 2, 4, ctx.device)  # warm-up
     hf = run_hf(sampler, prompts, s.sampler_samples, s.sampler_tokens, ctx.device)

@@ -39,8 +39,9 @@ TINY = ModelShape("tiny Qwen2 (2 x 64), random weights", 2, 64, 128, 4, 2, 512)
 class Sizes:
     """What each step runs at. `loss`: (N tokens, H, V) of the fused policy loss benchmark;
     `parity`: (N, H, V) of the op checks against the fp64 reference (V=151936 at N=1000 crosses
-    the Triton launcher's 768-row chunk; `parity_groups` groups of 8 rewards); sampler: prompts x samples x new tokens; train: prompts
-    x group x new tokens per step, micro-batch in samples."""
+    the Triton launcher's 768-row chunk), `parity_groups` groups of 8 rewards for group_advantages;
+    sampler: prompts x samples x new tokens; train: prompts x group x new tokens per step, the
+    micro-batch in samples."""
     device: str
     loss: tuple[int, int, int]
     loss_reps: int

@@ -40,9 +40,9 @@ from gpu_sizes import DRY, FULL
 REPO = Path(__file__).resolve().parents[2]
 # name -> (module, function, time-out in seconds on the GPU); the order is the run's
 STEPS = {"build": ("gpu_build", "build_step", 240), "env": ("gpu_build", "env_step", 60),
-         "ops": ("gpu_ops", "ops_step", 90), "loss": ("gpu_loss", "loss_step", 120),
+         "ops": ("gpu_ops", "ops_step", 120), "loss": ("gpu_loss", "loss_step", 120),
          "sampler": ("gpu_sampler", "sampler_step", 120), "train": ("gpu_train", "train_step", 150),
-         "op_tests": ("gpu_build", "op_tests_step", 120)}
+         "op_tests": ("gpu_build", "op_tests_step", 180)}
 RESERVE_S = 10  # kept back from the budget for the last report
 MIN_STEP_S = 20  # a step is skipped when less than this is left
 
@@ -155,6 +155,7 @@ def run_all(args: argparse.Namespace) -> int:
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)  # the random model and the training run
     failed = [n for n, s in results["steps"].items() if s["status"] != "ok"]
+    print("\n" + markdown(results), flush=True)  # the table also in the output's tail
     log(f"done in {time.perf_counter() - start:.0f} s; " + (f"not ok: {', '.join(failed)}" if failed else "all ok")
         + f"; {out / 'gpu_check.md'}")
     return 1 if failed else 0
