@@ -1,6 +1,7 @@
 """Training from each model source the README names, through the command in a fresh process:
 a hub id held by an offline Hugging Face cache (issue 14). One step, a checkpoint, OUT/final
-that `transformers` loads, then `--resume` of the same run for one more step.
+that `transformers` loads, then `--resume` of the same run for one more step (with --kl-coef,
+so the resumed run loads its KL reference from the id its checkpoint recorded).
 
 Not here: hub-id loading alone (tests/models/test_models.py), GGUF and folder training
 (test_real_model.py, test_loop.py)."""
@@ -17,7 +18,8 @@ from rlvfast.models import TinyModelConfig, build_tiny_model
 ROOT = Path(__file__).resolve().parents[2]
 TINY_RUN = ["--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4",
             "--micro-batch", "4", "--eval-problems", "0", "--checkpoint-every", "1", "--lr", "1e-2",
-            "--warmup", "0", "--lr-schedule", "constant"]  # constant: --resume extends --steps, same lr
+            "--warmup", "0", "--lr-schedule", "constant",  # constant: --resume extends --steps, same lr
+            "--kl-coef", "0.1"]  # the KL reference is the start: --resume loads the hub id stored in the checkpoint
 
 
 def run_train(args: list[str], hf_home: Path, cwd: Path) -> subprocess.CompletedProcess:
