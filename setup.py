@@ -60,6 +60,12 @@ setup(
     version="0.1.0",
     description="Kernel-backed RL^V: train one LLM as reasoner and verifier, then vote with its own scores",
     python_requires=">=3.10",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+    ],
     packages=["rlvfast", "rlvfast.models", "rlvfast.ops", "rlvfast.sampler", "rlvfast.tasks", "rlvfast.train",
               "rlvfast.eval", "rlvfast.kernels"],
     # Triton kernels live in the top-level kernels/ folder and ship as rlvfast.kernels.
@@ -68,6 +74,12 @@ setup(
     package_data={"rlvfast.models": ["base/*"]},
     ext_modules=[CMakeExtension("rlvfast._C")],
     cmdclass={"build_ext": CMakeBuild},
+    # the same functions `python -m rlvfast.<command>` runs (each returns the exit status)
+    entry_points={"console_scripts": [
+        "rlvfast-train = rlvfast.train.loop:main",
+        "rlvfast-eval = rlvfast.eval.run:command",
+        "rlvfast-info = rlvfast.info:main",
+    ]},
     install_requires=[
         # a range, not a pin: users keep their own (CUDA) torch; the README and CI install 2.13.0 (CPU)
         "torch>=2.4,<3",

@@ -64,3 +64,22 @@ def cpu_backends(kernel_module: str) -> list[str]:
         except ImportError:
             pass
     return backends
+
+
+def fake_hub_cache(hf_home: Path, repo: str, model_dir: Path) -> None:
+    """Copies model_dir into HF_HOME/hub in the layout huggingface_hub's cache uses
+    (models--org--name/{refs/main, snapshots/<hash>/}), so `repo` loads offline."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def offline_hub_env(hf_home: Path) -> dict[str, str]:
+    """os.environ for a child process that reads the hub only from the cache under hf_home.
+    huggingface_hub reads these when it is imported, so they work only in a fresh process."""
+    return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": "1"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_hub_cache, offline_hub_env
 
 from rlvfast.cli import UserError
 from rlvfast.models import (TinyModelConfig, build_char_tokenizer, eos_ids, is_local_path, load_model,
@@ -99,21 +100,9 @@ def test_is_local_path_tells_paths_from_hub_ids(tmp_path, monkeypatch):
     assert [s for s in local if not is_local_path(s)] == []
 
 
-def _fake_hub_cache(hub: Path, repo: str, model_dir: Path) -> None:
-    """The layout huggingface_hub's cache uses: models--org--name/{refs/main, snapshots/<hash>/}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_dir = hub / ("models--" + repo.replace("/", "--"))
-    snapshot = repo_dir / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for f in model_dir.iterdir():
-        (snapshot / f.name).write_bytes(f.read_bytes())
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-
-
 def test_hub_id_loads_from_the_offline_cache_and_a_missing_one_is_named(tmp_path):
     model_dir = build_tiny_model_small(tmp_path)
-    _fake_hub_cache(tmp_path / "hf" / "hub", "org/name", model_dir)
+    fake_hub_cache(tmp_path / "hf", "org/name", model_dir)
     # HF_HUB_CACHE and HF_HUB_OFFLINE are read when huggingface_hub is imported: a fresh process
     script = """
 import json, sys
@@ -127,8 +116,7 @@ except UserError as e:
     out["error"] = str(e)
 print(json.dumps(out))
 """
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**offline_hub_env(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
