@@ -79,6 +79,7 @@ setup(
         "rlvfast-train = rlvfast.train.loop:main",
         "rlvfast-eval = rlvfast.eval.run:command",
         "rlvfast-info = rlvfast.info:main",
+        "rlvfast-pretrain = rlvfast.pretrain:command",
     ]},
     install_requires=[
         # a range, not a pin: users keep their own (CUDA) torch; the README and CI install 2.13.0 (CPU)

@@ -235,5 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     pretrain(args.out, config, args.eval_problems, command)
 
 
+def command(argv: list[str] | None = None) -> int:
+    """`python -m rlvfast.pretrain` and `rlvfast-pretrain`: the exit status (2 with one line for a bad option)."""
+    return run_command(main, "rlvfast.pretrain", argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_command(main, "rlvfast.pretrain"))
+    raise SystemExit(command())

@@ -39,15 +39,18 @@ def test_console_scripts_run_the_same_main_as_python_m():
     entries = [EntryPoint(*map(str.strip, line.split("=")), "console_scripts")
                for line in setup_keyword("entry_points")["console_scripts"]]
     scripts = {entry.name: entry for entry in entries}
-    assert sorted(scripts) == ["rlvfast-eval", "rlvfast-info", "rlvfast-train"]
+    assert sorted(scripts) == ["rlvfast-eval", "rlvfast-info", "rlvfast-pretrain", "rlvfast-train"]
     import rlvfast.eval.run
     import rlvfast.info
+    import rlvfast.pretrain
     import rlvfast.train.loop
 
     # the functions rlvfast/train/__main__.py, rlvfast/eval/__main__.py and `python -m rlvfast.info` call
     assert scripts["rlvfast-train"].load() is rlvfast.train.loop.main
     assert scripts["rlvfast-eval"].load() is rlvfast.eval.run.command
     assert scripts["rlvfast-info"].load() is rlvfast.info.main
+    assert scripts["rlvfast-pretrain"].load() is rlvfast.pretrain.command
+    assert "raise SystemExit(command())" in (SETUP.parent / "rlvfast" / "pretrain.py").read_text()
     for module in ("train", "eval"):
         main_py = (SETUP.parent / "rlvfast" / module / "__main__.py").read_text()
         assert f"sys.exit({scripts[f'rlvfast-{module}'].attr}())" in main_py, module
