@@ -26,7 +26,7 @@ MAX_BLOCK = 1024  # 1024 fp64 rewards over 4 warps: 8 per thread
 @triton.jit
 def _group_advantages_kernel(
     rewards_ptr,  # [num_groups * group_size] rewards, consecutive groups
-    out_ptr,  # [num_groups * group_size] out: advantages, same dtype as rewards
+    out_ptr,  # [num_groups * group_size] out: fp64 advantages (the launcher rounds them to the rewards' dtype)
     group_size,
     method,  # 0 grpo, 1 rloo, 2 drgrpo (runtime int: no recompile per method)
     eps,
@@ -63,7 +63,7 @@ def _group_advantages_kernel(
         rloo = r - (total - r) / denom
         adv = tl.where(method == 0, grpo, tl.where(method == 1, rloo, r - mean))
         adv = tl.where(num_different == 0, 0.0, adv)  # all-equal groups, and groups of one
-        tl.store(out_ptr + offs, adv.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, adv, mask=mask)
 
 
 def group_launch(group_size: int) -> tuple[int, int]:
@@ -77,11 +77,13 @@ def group_advantages(rewards: torch.Tensor, group_size: int, method: str = "grpo
     assert method in METHODS, method
     assert group_size >= 1 and rewards.numel() % group_size == 0, group_size
     rewards = rewards.contiguous()
-    out = torch.empty_like(rewards)  # (G * n,)
+    # fp64 out, rounded to the rewards' dtype by torch (once, to nearest even, like the reference):
+    # Triton 3.9's interpreter truncates fp32 -> bf16 and garbles fp64 -> bf16. The data is tiny.
+    out = torch.empty_like(rewards, dtype=torch.float64)  # (G * n,)
     num_groups = rewards.numel() // group_size
     if num_groups == 0:
-        return out
+        return out.to(rewards.dtype)
     block, num_warps = group_launch(group_size)
     _group_advantages_kernel[(num_groups,)](rewards, out, group_size, METHODS[method], eps,
                                             BLOCK=block, num_warps=num_warps)
-    return out
+    return out.to(rewards.dtype)
