@@ -214,7 +214,8 @@ class LmHeadOperands:
 
     def accumulate_grads(self, rows: slice, grad_logits: torch.Tensor, grad_hidden: torch.Tensor | None,
                          grad_weight: torch.Tensor | None) -> None:
-        """grad_hidden[rows] = G @ W (in grad_hidden's dtype, one rounding); grad_weight (compute dtype) += G^T @ h[rows]."""
+        """grad_hidden[rows] = G @ W, rounded once to grad_hidden's dtype; grad_weight (compute
+        dtype) += G^T @ h[rows]."""
         if grad_hidden is not None and grad_hidden.dtype != grad_logits.dtype:  # bf16/fp16 G, fp32 grad_hidden
             grad_hidden[rows] = torch.mm(grad_logits, self.weight, out_dtype=grad_hidden.dtype)  # (C, H)
         elif grad_hidden is not None:

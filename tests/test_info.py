@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import rlvfast.ops as ops
 from rlvfast import _ext, info
 

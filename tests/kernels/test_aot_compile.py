@@ -4,7 +4,7 @@
 TRITON_INTERPRET=1 (conftest.py), which turns @triton.jit into the interpreter at import, so
 nothing can be compiled in this process. The launch rules are checked against the pure
 functions the launchers call (row_launch, group_launch). `pytest -s` prints the table of
-registers, spills and shared memory. Measured here (2 shared cores): ~35 s for 68 variants.
+registers, spills and shared memory. Measured here (2 shared cores): 29-60 s for 116 variants.
 Skipped only where the installed triton has no NVIDIA backend.
 """
 import json
@@ -21,6 +21,7 @@ triton = pytest.importorskip("triton")
 from rlvfast.kernels import aot  # noqa: E402  (imports triton lazily: safe under the interpreter)
 from rlvfast.kernels.group_advantages import group_launch  # noqa: E402
 from rlvfast.kernels.token_logprobs import LmHeadOperands, row_launch  # noqa: E402
+from rlvfast.kernels.verifier_scores import chunk_cols_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,10 +86,18 @@ def test_lm_head_variants_cover_every_dtype_and_launch(report):
     assert has_grad == {"True", "False"}
 
 
-def test_verifier_tail_chunks_get_their_own_block(report):
-    # B=16384 rows: 4096-column vocabulary chunks, and V=151936 leaves a 384-column tail
-    blocks = {v.split("BLOCK_V=")[1].split()[0] for v in _variants(report, "_lse_update_kernel")}
-    assert blocks == {"4096", str(row_launch(151936 % 4096).block_v)} == {"4096", "512"}
+def test_verifier_chunks_and_tails_get_their_own_block(report):
+    # vocabulary chunks of chunk_cols_for(B, V) columns and a partial last one, each launched with
+    # row_launch(its width): B=16384 gives 4096-column chunks, V=151936 a 384-column tail (BLOCK 512)
+    expected = set()
+    for rows in aot.VERIFIER_ROWS:
+        for vocab in aot.VOCABS:
+            step = chunk_cols_for(rows, vocab, None)
+            expected |= {row_launch(width).block_v for width in (step, vocab % step) if width}
+    for kernel in ("_lse_update_kernel", "_verifier_bwd_kernel"):
+        blocks = {int(v.split("BLOCK_V=")[1].split()[0]) for v in _variants(report, kernel)}
+        assert blocks == expected, (kernel, blocks, expected)
+    assert {512, 4096} <= expected
 
 
 def test_group_variants_follow_the_launch_rule(report):

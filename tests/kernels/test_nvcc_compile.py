@@ -5,8 +5,9 @@ c10/cuda/impl/cuda_cmake_macros.h, which defines only a Windows export macro:
 C10_CUDA_NO_CMAKE_CONFIGURE_FILE skips it. Torch's headers are -isystem (their warnings are
 torch's); ours are errors on the device side (-Werror all-warnings) and the host side
 (-Wall -Wextra -Werror). One nvcc call per file builds both archs into one object
-(--threads 2: the device passes side by side, the host pass once). Measured here (CUDA 13.0,
-2 cores shared with other jobs): see the final report; ~28 s of CPU per file. Skipped where no nvcc is found (PATH, $CUDA_HOME/bin).
+(--threads 2: the device passes side by side, the host pass once). Measured here (CUDA 13.0):
+~28 s of CPU per file, 80-170 s of wall time on 2 cores shared with other jobs. Skipped where
+no nvcc is found (PATH, $CUDA_HOME/bin).
 """
 import os
 import shutil

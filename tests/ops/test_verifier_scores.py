@@ -102,7 +102,7 @@ def test_matches_float64_reference(backend, b, h, v, yes_id, no_id, temperature,
 def test_low_precision_inputs_against_float64_reference(backend, dtype):
     hidden, weight = _inputs(3, 97, 1031, dtype, 5, 900, seed=6)
     g = torch.Generator().manual_seed(7)
-    grad_yes, grad_no = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    grad_yes, grad_no = torch.randn(2, 3, generator=g, dtype=torch.float64)
     want = _forward_backward("reference", hidden.double(), weight.double(), 5, 900, 0.7, grad_yes, grad_no)
     got = _forward_backward(backend, hidden, weight, 5, 900, 0.7, grad_yes, grad_no)
     assert want[0][0] > 0.02 and want[1][-1] > 0.02  # the constructed rows do score high
