@@ -49,6 +49,7 @@ def report(tmp_path_factory) -> dict:
     return data
 
 
+@pytest.mark.slow  # the module's one compile (~30 s) is shared by these tests
 def test_every_kernel_compiles_for_both_archs(report):
     errors = [f"sm_{r.arch} {r.kernel} [{r.variant}]: {r.error}" for r in report["rows"] if r.error]
     assert not errors, "\n".join(errors)
@@ -61,6 +62,7 @@ def test_every_kernel_compiles_for_both_archs(report):
         assert r.registers > 0 and r.seconds > 0, r
 
 
+@pytest.mark.slow
 def test_no_spills_where_the_kernel_comment_says_none(report):
     promised = {r.kernel for r in report["rows"] if r.no_spills_promised}
     assert promised == {r.kernel for r in report["rows"]}  # every kernel carries the measured promise
@@ -71,6 +73,7 @@ def _variants(report, kernel: str) -> list[str]:
     return [r.variant for r in report["rows"] if r.kernel == kernel and r.arch == aot.ARCHS[0]]
 
 
+@pytest.mark.slow
 def test_lm_head_variants_cover_every_dtype_and_launch(report):
     # the launch each V gets from the launchers' one rule, and the gradient buffer in each input
     # dtype (bf16/fp16 on a GPU: G is stored low, logits stay fp32)
@@ -86,6 +89,7 @@ def test_lm_head_variants_cover_every_dtype_and_launch(report):
     assert has_grad == {"True", "False"}
 
 
+@pytest.mark.slow
 def test_verifier_chunks_and_tails_get_their_own_block(report):
     # vocabulary chunks of chunk_cols_for(B, V) columns and a partial last one, each launched with
     # row_launch(its width): B=16384 gives 4096-column chunks, V=151936 a 384-column tail (BLOCK 512)
@@ -100,6 +104,7 @@ def test_verifier_chunks_and_tails_get_their_own_block(report):
     assert {512, 4096} <= expected
 
 
+@pytest.mark.slow
 def test_group_variants_follow_the_launch_rule(report):
     variants = _variants(report, "_group_advantages_kernel")
     for group_size in aot.GROUP_SIZES:

@@ -36,13 +36,15 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="no nvcc on PATH or in $CUD
 
 def nvcc_command(source: Path, out: Path, archs: tuple[int, ...] = ARCHS) -> list[str]:
     """nvcc -c source -> out for each sm_<arch>, against this torch's headers, warnings as errors."""
+    import torch
     from torch.utils.cpp_extension import include_paths
 
+    abi = int(torch.compiled_with_cxx11_abi())  # must match the torch the object would link against
     includes = [flag for path in include_paths() for flag in ("-isystem", path)]
     gencodes = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in archs]
     return [NVCC, "-c", str(source), "-o", str(out), "-std=c++17", *includes, "-I", str(ROOT / "csrc"), *gencodes,
             "--threads", str(len(archs)), "--expt-relaxed-constexpr", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-            "-D_GLIBCXX_USE_CXX11_ABI=1", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror"]
 
 
 def _cuobjdump() -> str | None:
@@ -62,6 +64,7 @@ def test_there_is_cuda_source():
     assert [p.name for p in CUDA_SOURCES] == ["group_advantages.cu"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
 def test_cuda_source_compiles_for_sm80_and_sm90(source, tmp_path):
     out = tmp_path / f"{source.stem}.o"
