@@ -1,6 +1,6 @@
 """Every Triton kernel, in every variant its launcher requests, compiles for sm_80 and sm_90 here, without a GPU.
 
-`python -m rlvfast.kernels.aot` runs once per session in a subprocess: the tests run under
+`python -m rlvfast.kernels.aot` runs once per module in a subprocess: the tests run under
 TRITON_INTERPRET=1 (conftest.py), which turns @triton.jit into the interpreter at import, so
 nothing can be compiled in this process. The launch rules are checked against the pure
 functions the launchers call (row_launch, group_launch). `pytest -s` prints the table of
@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +21,6 @@ from rlvfast.kernels import aot  # noqa: E402  (imports triton lazily: safe unde
 from rlvfast.kernels.group_advantages import group_launch  # noqa: E402
 from rlvfast.kernels.token_logprobs import LmHeadOperands, row_launch  # noqa: E402
 from rlvfast.kernels.verifier_scores import chunk_cols_for  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _has_nvidia_backend() -> bool:
@@ -37,10 +34,12 @@ pytestmark = pytest.mark.skipif(not _has_nvidia_backend(), reason="this triton h
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     """{kernels, rows, seconds} of one AOT compile of every variant for sm_80 and sm_90."""
-    out = tmp_path_factory.mktemp("aot") / "aot.json"
+    work = tmp_path_factory.mktemp("aot")
+    out = work / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-m", "rlvfast.kernels.aot", "--json", str(out)], cwd=ROOT, env=env,
+    # cwd outside the checkout: the subprocess imports the rlvfast this process imports (installed or on
+    # PYTHONPATH), not ./rlvfast, which lacks rlvfast.kernels (kernels/ is mapped there at install time)
+    result = subprocess.run([sys.executable, "-m", "rlvfast.kernels.aot", "--json", str(out)], cwd=work, env=env,
                             capture_output=True, text=True, timeout=900)
     assert out.exists(), f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     data = json.loads(out.read_text())
