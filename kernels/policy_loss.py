@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from rlvfast.kernels.token_logprobs import (
-    LmHeadOperands, _row_logprob, _write_row_grad, acc_dtype, block_v, check_head_config, chunk_rows_for, num_warps_for,
+    LmHeadOperands, _row_logprob, _write_row_grad, acc_dtype, check_head_config, chunk_rows_for, row_launch,
 )
 
 
@@ -50,6 +50,7 @@ def _policy_loss_kernel(
     BLOCK_V: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs
 ):
+    # no register spills: measured for every launcher variant at sm_80 and sm_90 (python -m rlvfast.kernels.aot)
     row, row_ptr, inv_t, target, lse, lp = _row_logprob(logits_ptr, targets_ptr, stride_row, n_cols, temperature,
                                                         BLOCK_V, ACC)
     adv = tl.load(advantages_ptr + row).to(ACC)
@@ -75,10 +76,11 @@ def policy_loss_forward(ops: LmHeadOperands, targets: torch.Tensor, old_logprobs
     has_grad = needs_hidden or needs_weight
     logprobs = torch.empty(num_rows, dtype=ops.compute_dtype, device=ops.hidden.device)  # (N,)
     row_loss = torch.empty_like(logprobs)  # (N,)
-    grad_hidden = torch.empty_like(ops.hidden) if needs_hidden else None  # (N, H)
+    # both in the compute dtype: the backward scales them by the upstream gradient, then rounds once
+    grad_hidden = torch.empty_like(ops.hidden, dtype=ops.compute_dtype) if needs_hidden else None  # (N, H)
     grad_weight = torch.zeros_like(ops.weight, dtype=ops.compute_dtype) if needs_weight else None  # (V, H)
     step = chunk_rows_for(num_rows, num_cols, cfg.chunk_rows)
-    block = block_v(num_cols)
+    launch = row_launch(num_cols)
     for start in range(0, num_rows, step):
         rows = slice(start, min(start + step, num_rows))
         logits = ops.logits(rows)  # (C, V)
@@ -87,7 +89,8 @@ def policy_loss_forward(ops: LmHeadOperands, targets: torch.Tensor, old_logprobs
             logits, grad_logits, targets[rows], old_logprobs[rows], advantages[rows], weights[rows],
             logprobs[rows], row_loss[rows], logits.stride(0), num_cols,
             cfg.clip_low, cfg.clip_high, cfg.temperature,
-            HAS_GRAD=has_grad, BLOCK_V=block, ACC=acc_dtype(ops.compute_dtype), num_warps=num_warps_for(block))
+            HAS_GRAD=has_grad, BLOCK_V=launch.block_v, ACC=acc_dtype(ops.compute_dtype),
+            num_warps=launch.num_warps)
         if has_grad:
             ops.accumulate_grads(rows, grad_logits, grad_hidden, grad_weight)
     return row_loss.sum(), logprobs, grad_hidden, grad_weight
@@ -118,6 +121,11 @@ class PolicyLossConfig:
 
 
 class PolicyLossFunction(torch.autograd.Function):
+    """The gradients are computed in the forward (the loss is a scalar), kept in the compute
+    dtype, and handed to autograd on the first backward, scaled by the upstream gradient and
+    rounded to the input dtypes once (rounding before scaling would round bf16 twice). A second
+    backward through the same graph is an error, as for the C++ op."""
+
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
@@ -125,19 +133,19 @@ class PolicyLossFunction(torch.autograd.Function):
         loss, logprobs, grad_hidden, grad_weight = run_policy_loss(
             hidden, weight, targets, old_logprobs, advantages, weights, cfg,
             ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        ctx.save_for_backward(
-            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
-            None if grad_weight is None else grad_weight.to(weight.dtype))
+        ctx.grads = (grad_hidden, grad_weight)  # (N, H), (V, H) in the compute dtype, or None
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.mark_non_differentiable(logprobs)
         return loss, logprobs
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, grad_logprobs: torch.Tensor | None):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
+        if ctx.grads is None:
+            raise RuntimeError("policy_loss (triton backend): backward ran twice through the same graph; its "
+                               "gradients are precomputed in the forward and handed over once")
+        grads, ctx.grads = ctx.grads, None
+        grad_hidden, grad_weight = (None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
+                                    for g, dtype in zip(grads, ctx.dtypes))
         return grad_hidden, grad_weight, None, None, None, None, None
 
 

@@ -109,6 +109,7 @@ def _logprobs_fwd_kernel(
     BLOCK_V: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs
 ):
+    # no register spills: measured for every launcher variant at sm_80 and sm_90 (python -m rlvfast.kernels.aot)
     row, _, _, _, lse, lp = _row_logprob(logits_ptr, targets_ptr, stride_row, n_cols, temperature, BLOCK_V, ACC)
     tl.store(logprobs_ptr + row, lp)
     tl.store(lse_ptr + row, lse)
@@ -128,6 +129,7 @@ def _logprobs_bwd_kernel(
     BLOCK_V: tl.constexpr,
     ACC: tl.constexpr,
 ):
+    # no register spills: measured for every launcher variant at sm_80 and sm_90 (python -m rlvfast.kernels.aot)
     row = tl.program_id(0).to(tl.int64)
     inv_t = 1.0 / tl.cast(temperature, ACC)
     g_lp = tl.load(grad_logprobs_ptr + row).to(ACC)
@@ -147,12 +149,21 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def block_v(num_cols: int) -> int:
-    return min(MAX_BLOCK_V, triton.next_power_of_2(num_cols))
+@dataclass(slots=True, frozen=True)
+class RowLaunch:
+    """How a one-program-per-row kernel over [rows, num_cols] values is launched."""
+    block_v: int  # columns per streamed block (BLOCK_V)
+    num_warps: int
 
 
-def num_warps_for(block: int) -> int:
-    return 8 if block >= 2048 else 4
+def row_launch(num_cols: int) -> RowLaunch:
+    """The launch of every lm-head row kernel, from the row width alone (the only rule).
+
+    Blocks of up to MAX_BLOCK_V columns; 8 warps from 2048 columns up (16 fp32 values per
+    thread at 4096), 4 below. rlvfast.kernels.aot compiles what this picks for real GPUs.
+    """
+    block = min(MAX_BLOCK_V, triton.next_power_of_2(num_cols))
+    return RowLaunch(block, 8 if block >= 2048 else 4)
 
 
 def chunk_rows_for(num_rows: int, num_cols: int, chunk_rows: int | None) -> int:
@@ -177,10 +188,12 @@ class LmHeadOperands:
     compute_dtype: torch.dtype  # logits, lse, logprobs, grad_W accumulator
 
     @classmethod
-    def of(cls, hidden: torch.Tensor, weight: torch.Tensor) -> "LmHeadOperands":
+    def of(cls, hidden: torch.Tensor, weight: torch.Tensor, on_gpu: bool | None = None) -> "LmHeadOperands":
+        """on_gpu: do the GEMMs run on a GPU (default hidden.is_cuda; rlvfast.kernels.aot
+        passes True for meta tensors to record the GPU launches)."""
         cd = compute_dtype(hidden, weight)
         low = hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
-        if not (low and hidden.is_cuda):
+        if not (low and (hidden.is_cuda if on_gpu is None else on_gpu)):
             hidden, weight = hidden.to(cd), weight.to(cd)
         return cls(hidden.contiguous(), weight.contiguous(), cd)
 
@@ -201,8 +214,11 @@ class LmHeadOperands:
 
     def accumulate_grads(self, rows: slice, grad_logits: torch.Tensor, grad_hidden: torch.Tensor | None,
                          grad_weight: torch.Tensor | None) -> None:
-        """grad_hidden[rows] = G @ W; grad_weight (compute dtype) += G^T @ h[rows]."""
-        if grad_hidden is not None:
+        """grad_hidden[rows] = G @ W, rounded once to grad_hidden's dtype; grad_weight (compute
+        dtype) += G^T @ h[rows]."""
+        if grad_hidden is not None and grad_hidden.dtype != grad_logits.dtype:  # bf16/fp16 G, fp32 grad_hidden
+            grad_hidden[rows] = torch.mm(grad_logits, self.weight, out_dtype=grad_hidden.dtype)  # (C, H)
+        elif grad_hidden is not None:
             grad_hidden[rows] = torch.mm(grad_logits, self.weight)  # (C, H)
         if grad_weight is not None:
             h = self.hidden[rows]  # (C, H)
@@ -221,8 +237,11 @@ def has_inplace_fp32_addmm(device: torch.device) -> bool:
     torch.addmm(c_fp32, a_bf16, b_bf16, out_dtype=fp32, out=c_fp32) needs a torch whose CUDA
     addmm.dtype_out accepts an fp32 self; without it grad_W takes an extra fp32 [V, H]
     temporary per chunk (V=151936, H=1536: 0.9 GB written and read twice per chunk).
-    Probed once per device on a tiny product and checked against the fp32 result.
+    Probed once per device on a tiny product and checked against the fp32 result; False
+    off CUDA (no cuBLAS to probe; only rlvfast.kernels.aot's meta tensors get here).
     """
+    if device.type != "cuda":
+        return False
     a = torch.randn(3, 5, device=device).to(torch.bfloat16)
     b = torch.randn(5, 4, device=device).to(torch.bfloat16)
     acc = torch.ones(3, 4, device=device)
@@ -242,13 +261,13 @@ def logprobs_forward(ops: LmHeadOperands, targets: torch.Tensor, temperature: fl
     logprobs = torch.empty(num_rows, dtype=ops.compute_dtype, device=ops.hidden.device)  # (N,)
     lse = torch.empty_like(logprobs)  # (N,)
     step = chunk_rows_for(num_rows, num_cols, chunk_rows)
-    block = block_v(num_cols)
+    launch = row_launch(num_cols)
     for start in range(0, num_rows, step):
         rows = slice(start, min(start + step, num_rows))
         logits = ops.logits(rows)  # (C, V)
         _logprobs_fwd_kernel[(logits.shape[0],)](
             logits, targets[rows], logprobs[rows], lse[rows], logits.stride(0), num_cols, temperature,
-            BLOCK_V=block, ACC=acc_dtype(ops.compute_dtype), num_warps=num_warps_for(block))
+            BLOCK_V=launch.block_v, ACC=acc_dtype(ops.compute_dtype), num_warps=launch.num_warps)
     return logprobs, lse
 
 
@@ -259,7 +278,7 @@ def logprobs_backward(ops: LmHeadOperands, targets: torch.Tensor, lse: torch.Ten
     grad_hidden = torch.empty_like(ops.hidden) if needs_hidden else None  # (N, H)
     grad_weight = torch.zeros_like(ops.weight, dtype=ops.compute_dtype) if needs_weight else None  # (V, H)
     step = chunk_rows_for(num_rows, num_cols, chunk_rows)
-    block = block_v(num_cols)
+    launch = row_launch(num_cols)
     for start in range(0, num_rows, step):
         rows = slice(start, min(start + step, num_rows))
         logits = ops.logits(rows)  # (C, V)
@@ -267,7 +286,7 @@ def logprobs_backward(ops: LmHeadOperands, targets: torch.Tensor, lse: torch.Ten
         _logprobs_bwd_kernel[(logits.shape[0],)](
             logits, grad_logits, targets[rows], lse[rows], grad_logprobs[rows], grad_lse[rows],
             logits.stride(0), num_cols, temperature,
-            BLOCK_V=block, ACC=acc_dtype(ops.compute_dtype), num_warps=num_warps_for(block))
+            BLOCK_V=launch.block_v, ACC=acc_dtype(ops.compute_dtype), num_warps=launch.num_warps)
         ops.accumulate_grads(rows, grad_logits, grad_hidden, grad_weight)
     return grad_hidden, grad_weight
 

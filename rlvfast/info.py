@@ -1,6 +1,7 @@
-"""`python -m rlvfast.info`: versions, device and the active kernel backends.
+"""`python -m rlvfast.info`: versions, device, the active kernel backends, and the backend
+`auto` picks for each op on CPU and on CUDA tensors.
 
-Prints only; changes nothing.
+Prints only; changes nothing. The picking rule itself is rlvfast.ops.auto_backend.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import torch
 
-from rlvfast import _ext
+from rlvfast import _ext, ops
 
 
 def backend_report() -> dict[str, str]:
@@ -36,6 +37,12 @@ def backend_report() -> dict[str, str]:
     return report
 
 
+def auto_report() -> dict[str, dict[str, str]]:
+    """op -> {"cpu": backend, "cuda": backend}: what backend="auto" runs for tensors on each device."""
+    usable = {device: ops.available_backends(device) for device in ("cpu", "cuda")}
+    return {op: {device: ops.auto_backend(op, device, usable[device]) for device in usable} for op in ops.OP_BACKENDS}
+
+
 def main() -> None:
     import importlib.metadata as md
 
@@ -54,6 +61,13 @@ def main() -> None:
     print("backends:")
     for name, state in backend_report().items():
         print(f"  {name:<10} {state}")
+    cuda_note = "" if torch.cuda.is_available() else " (no CUDA device here: what CUDA tensors would get)"
+    print(f"backend='auto' picks{cuda_note}:")
+    print(f"  {'op':<18} {'cpu tensors':<12} cuda tensors")
+    for op, picks in auto_report().items():
+        print(f"  {op:<18} {picks['cpu']:<12} {picks['cuda']}")
+    if "cuda" in ops.available_backends("cuda"):
+        print("  (the CUDA C++ group_advantages runs only with backend='cuda': not yet timed against Triton)")
 
 
 if __name__ == "__main__":

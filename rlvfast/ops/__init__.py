@@ -1,10 +1,12 @@
 """Public fused ops of rlvfast, each with backend="auto"|"reference"|"cpp"|"triton"|"cuda".
 
-auto picks Triton for CUDA tensors (the CUDA C++ op runs only when asked for), the C++
-kernel for CPU tensors when rlvfast._C is built, and the PyTorch reference otherwise. Forcing a backend
-that cannot run here is a ValueError. Input validation that must name a bad value lives
-here, once, in front of every backend. The math itself lives in reference.py (the spec),
-csrc/ (C++/CUDA) and kernels/ (Triton).
+auto (auto_backend, the one rule) picks Triton for CUDA tensors, the C++ kernel for CPU tensors
+when rlvfast._C is built, and the PyTorch reference otherwise. The CUDA C++ op
+(group_advantages) runs only when asked for: it has not been timed against the Triton kernel on
+a GPU yet. `python -m rlvfast.info` prints what auto picks per op. Forcing a backend that cannot
+run here, or that has no kernel for the op, is a ValueError. Input validation that must name a bad
+value lives here, once, in front of every backend. The math itself lives in reference.py (the
+spec), csrc/ (C++/CUDA) and kernels/ (Triton).
 """
 from __future__ import annotations
 
@@ -16,6 +18,17 @@ from rlvfast.ops.cpp import FusedConfig, TokenBatch
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 ADVANTAGE_METHODS = {"grpo": 0, "rloo": 1, "drgrpo": 2}
+# The backends with a kernel for each op (the lm-head ops have no CUDA C++ kernel: Triton serves GPUs).
+OP_BACKENDS = {
+    "group_advantages": BACKENDS,
+    "token_logprobs": ("reference", "cpp", "triton"),
+    "policy_loss": ("reference", "cpp", "triton"),
+    "verifier_scores": ("reference", "cpp", "triton"),
+}
+# What auto prefers, best first, by device type; any other device type gets the reference.
+# CUDA: Triton for every op, the CUDA C++ group_advantages not until it is measured faster.
+# CPU: Triton there is the interpreter (tests only), never picked.
+AUTO_PREFERENCE = {"cuda": ("triton",), "cpu": ("cpp",)}
 
 
 def available_backends(device: torch.device | str) -> list[str]:
@@ -30,18 +43,26 @@ def available_backends(device: torch.device | str) -> list[str]:
     return out
 
 
+def auto_backend(op: str, device_type: str, usable: list[str]) -> str:
+    """The backend auto picks for `op` on tensors of device_type, given the usable backends."""
+    for backend in AUTO_PREFERENCE.get(device_type, ()):
+        if backend in usable and backend in OP_BACKENDS[op]:
+            return backend
+    return "reference"
+
+
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     if backend not in ("auto", *BACKENDS):
         raise ValueError(f"{op}: backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     usable = available_backends(device)
     if backend == "auto":
-        if device.type == "cuda":
-            # the CUDA C++ op (group_advantages) runs only when asked for: never measured against Triton
-            return "triton" if "triton" in usable else "reference"
-        return "cpp" if "cpp" in usable else "reference"
+        return auto_backend(op, device.type, usable)
     if backend not in usable:
         raise ValueError(f"{op}: backend {backend!r} is not available for {device.type} tensors here "
                          f"(available: {', '.join(usable)}); see `python -m rlvfast.info`")
+    if backend not in OP_BACKENDS[op]:
+        raise ValueError(f"{op}: backend {backend!r} has no kernel for this op; use one of "
+                         f"{', '.join(OP_BACKENDS[op])} (or 'auto')")
     return backend
 
 
@@ -119,13 +140,6 @@ def _check_token_id(op: str, name: str, token_id: int, vocab: int) -> None:
 
 
 # ----------------------------------------------------------------------------- fused lm-head ops
-def _resolve_lm_head_backend(backend: str, device: torch.device, op: str) -> str:
-    backend = resolve_backend(backend, device, op)
-    if backend == "cuda":  # no CUDA C++ kernel for the lm-head ops (yet): Triton serves GPUs
-        raise ValueError(f"{op}: backend 'cuda' has no kernel for this op; use backend='triton' (or 'auto')")
-    return backend
-
-
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                    temperature: float = 1.0, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of targets [N] under softmax(hidden [N, H] @ weight[V, H]^T / T), and the lse [N].
@@ -136,7 +150,7 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     _check_lm_head(op, hidden, weight)
     _check_targets(op, targets, hidden.shape[0], weight.shape[0])
     _check_temperature(op, temperature)
-    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    backend = resolve_backend(backend, hidden.device, op)
     if backend == "cpp":
         return cpp.token_logprobs(hidden, weight, targets.long(), FusedConfig(temperature=float(temperature)))
     if backend == "triton":
@@ -164,7 +178,7 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
         if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
             raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
-    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    backend = resolve_backend(backend, hidden.device, op)
     if backend == "cpp":
         batch = TokenBatch(targets.long(), old_logprobs, advantages, weights)
         cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high))
@@ -186,7 +200,7 @@ def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_
     _check_token_id(op, "yes_id", yes_id, vocab)
     _check_token_id(op, "no_id", no_id, vocab)
     _check_temperature(op, temperature)
-    backend = _resolve_lm_head_backend(backend, hidden.device, op)
+    backend = resolve_backend(backend, hidden.device, op)
     if backend == "cpp":
         return cpp.verifier_scores(hidden, weight, yes_id, no_id, FusedConfig(temperature=float(temperature)))
     if backend == "triton":

@@ -152,12 +152,16 @@ class _VerifierScores(torch.autograd.Function):
         g_yes = grad_yes.to(p_yes.dtype) * p_yes  # (B,)
         g_no = grad_no.to(p_no.dtype) * p_no  # (B,)
         targets = torch.full_like(lse, yes_id, dtype=torch.int64)  # (B,)
+        # Both parts in the compute dtype (lse's), rounded to the input dtypes once at the end: the
+        # "No" column nearly cancels the dense -a p_no term, and rounding each to bf16 first lost
+        # up to 20% of such entries. (The op upcasts its inputs itself; here they come upcast.)
+        h, w = hidden.to(lse.dtype), weight.to(lse.dtype)  # (B, H), (V, H)
         grad_hidden, grad_weight = torch.ops.rlvfast.token_logprobs_bwd(
-            g_yes, -g_no, hidden, weight, targets, lse, ctx.cfg.temperature, ctx.cfg.chunk_rows,
-            need_hidden, need_weight)
+            g_yes, -g_no, h, w, targets, lse, ctx.cfg.temperature, ctx.cfg.chunk_rows, need_hidden, need_weight)
         col = g_no / ctx.cfg.temperature  # (B,) d loss / d raw logit of "No"
         if need_hidden:
-            grad_hidden = grad_hidden + (col[:, None] * weight[no_id].to(col.dtype)).to(hidden.dtype)
+            grad_hidden = (grad_hidden + col[:, None] * w[no_id]).to(hidden.dtype)  # (B, H)
         if need_weight:
-            grad_weight[no_id] += (col @ hidden.to(col.dtype)).to(weight.dtype)  # (H,)
+            grad_weight[no_id] += col @ h  # (H,)
+            grad_weight = grad_weight.to(weight.dtype)  # (V, H)
         return (grad_hidden if need_hidden else None, grad_weight if need_weight else None, None, None)

@@ -6,6 +6,8 @@ import torch
 
 import rlvfast.ops as ops
 from conftest import cpu_backends
+from dtype_tolerances import LOW_PRECISION, SMALLEST_STEP, UNIT_ROUNDOFF
+from rlvfast.ops.reference import group_advantages as reference_advantages
 
 
 BACKENDS = cpu_backends("group_advantages")
@@ -52,6 +54,37 @@ def test_groups_are_independent_and_sum_to_zero(backend):
         torch.testing.assert_close(got.reshape(64, 8).sum(1), torch.zeros(64, dtype=torch.float64), atol=1e-9, rtol=0)
         ref = ops.group_advantages(rewards, 8, method, backend="reference")
         torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+
+
+# bf16/fp16 rewards: every backend computes in float64 and rounds each advantage once, so the
+# result is the float64 reference on the same rounded rewards within half an ulp of the dtype
+# (dtype_tolerances.py; no fp32 noise here: atol is the dtype's smallest step only).
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("method", sorted(HAND))
+def test_low_precision_rewards_against_float64_reference(backend, dtype, method):
+    g = torch.Generator().manual_seed(1)
+    rewards = torch.cat([torch.randn(5 * 8, generator=g, dtype=torch.float64),  # real-valued rewards
+                         torch.ones(8, dtype=torch.float64)]).to(dtype)  # an all-equal group
+    got = ops.group_advantages(rewards, 8, method, backend=backend)
+    want = reference_advantages(rewards.double(), 8, method)
+    assert got.dtype == dtype
+    bound = UNIT_ROUNDOFF[dtype] * want.abs() + SMALLEST_STEP[dtype]
+    assert ((got.double() - want).abs() <= bound).all(), (got, want)
+    assert torch.equal(got[-8:], torch.zeros(8, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", sorted(HAND))
+def test_groups_larger_than_one_kernel_block(backend, method):
+    # 2051 rewards per group: the Triton kernel streams 1024-reward blocks (two full, one of 3)
+    g = torch.Generator().manual_seed(2)
+    size = 2 * 1024 + 3
+    rewards = torch.cat([torch.randint(0, 2, (size,), generator=g).double(), torch.randn(size, generator=g,
+                         dtype=torch.float64), torch.full((size,), 0.5, dtype=torch.float64)])
+    got = ops.group_advantages(rewards, size, method, backend=backend)
+    torch.testing.assert_close(got, reference_advantages(rewards, size, method), rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[2 * size:], torch.zeros(size, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,6 +11,7 @@ import torch
 
 import rlvfast.ops as ops
 from conftest import cpu_backends
+from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig, TokenBatch
 
@@ -126,20 +127,20 @@ def test_all_zero_weights_give_zero_loss_and_gradients(backend):
     torch.testing.assert_close(logprobs.double(), want, atol=1e-4, rtol=1e-4)  # log-probs still computed
 
 
-# bf16 inputs vs the float32 reference on the same bf16-rounded values: the kernels upcast,
-# so loss and log-probs match like float32 (1e-4); gradients come back in bf16 (2^-9
-# relative rounding per entry): rtol 1e-2, atol 1e-2 * max|grad|.
-@pytest.mark.parametrize("backend", KERNELS)
-def test_bf16_inputs_against_float32_reference(backend):
-    hidden, weight, targets, old, adv, weights = _inputs(2 * CHUNK + 2, 97, 1031, torch.bfloat16, 0.7, seed=5)
-    per_token = [t.float() for t in (old, adv, weights)]
-    want = _forward_backward("reference", hidden.float(), weight.float(), targets, *per_token, 0.7)
-    got = _forward_backward(backend, hidden, weight, targets, *per_token, 0.7)
-    assert got[2].dtype == torch.bfloat16 and got[3].dtype == torch.bfloat16
-    torch.testing.assert_close(got[0].float(), want[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got[1].float(), want[1], atol=1e-4, rtol=1e-4)
-    for g, w in zip(got[2:], want[2:]):
-        torch.testing.assert_close(g.float(), w, atol=1e-2 * w.abs().max().item(), rtol=1e-2)
+# bf16/fp16 hidden and weight (per-token inputs in fp32, as the trainer passes them), every
+# backend (the reference too) against the float64 reference on the same rounded values: loss
+# and log-probs to fp32 accuracy, gradients rounded once to the input dtype (dtype_tolerances.py).
+# 10 tokens: every ratio placement with both advantage signs, 3 chunks.
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_inputs_against_float64_reference(backend, dtype):
+    hidden, weight, targets, old, adv, weights = _inputs(2 * CHUNK + 2, 97, 1031, dtype, 0.7, seed=5)
+    want = _forward_backward("reference", hidden.double(), weight.double(), targets, old, adv, weights, 0.7)
+    got = _forward_backward(backend, hidden, weight, targets, old.float(), adv.float(), weights.float(), 0.7)
+    for name, g, w in zip(("loss", "logprobs"), got, want):
+        assert_fp32_accurate(g, w, name)
+    for name, g, w in zip(("grad_hidden", "grad_weight"), got[2:], want[2:]):
+        assert_rounded_once(g, w, dtype, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -176,12 +177,12 @@ def test_bad_inputs_name_the_value(bad, match):
         ops.policy_loss(**args)
 
 
-def test_cpp_backward_twice_is_a_clear_error():
-    if "cpp" not in BACKENDS:
-        pytest.skip("rlvfast._C is not built")
+@pytest.mark.parametrize("backend", KERNELS)
+def test_backward_twice_is_a_clear_error(backend):
+    # the fused kernels hand their precomputed gradients over once (no [V, H] copy kept)
     hidden, weight, targets, old, adv, weights = _inputs(3, 8, 50, torch.float64, 1.0)
     hidden.requires_grad_(True)
-    loss, _ = ops.policy_loss(hidden, weight, targets, old, adv, weights, backend="cpp")
+    loss, _ = ops.policy_loss(hidden, weight, targets, old, adv, weights, backend=backend)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()

@@ -11,6 +11,7 @@ import torch
 
 import rlvfast.ops as ops
 from conftest import cpu_backends
+from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig
 
@@ -90,6 +91,25 @@ def test_matches_float64_reference(backend, b, h, v, yes_id, no_id, temperature,
     for name, x, y in zip(("grad_hidden", "grad_weight"), got[2:], want[2:]):
         scale = y.abs().max().item()  # entries near zero: error relative to the largest entry
         torch.testing.assert_close(x.double(), y, atol=grad_rtol * scale, rtol=grad_rtol, msg=lambda m: f"{name}: {m}")
+
+
+# bf16/fp16 inputs, every backend (the reference too) against the float64 reference on the same
+# rounded values: probabilities to fp32 accuracy, gradients rounded once to the input dtype
+# (dtype_tolerances.py). V = 1031 with the test block of 4096: one partial block; the "Yes"
+# row has p_yes ~ 0.5, where -a p_j and the one-hot term nearly cancel.
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_inputs_against_float64_reference(backend, dtype):
+    hidden, weight = _inputs(3, 97, 1031, dtype, 5, 900, seed=6)
+    g = torch.Generator().manual_seed(7)
+    grad_yes, grad_no = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    want = _forward_backward("reference", hidden.double(), weight.double(), 5, 900, 0.7, grad_yes, grad_no)
+    got = _forward_backward(backend, hidden, weight, 5, 900, 0.7, grad_yes, grad_no)
+    assert want[0][0] > 0.02 and want[1][-1] > 0.02  # the constructed rows do score high
+    for name, x, y in zip(("p_yes", "p_no"), got, want):
+        assert_fp32_accurate(x, y, name)
+    for name, x, y in zip(("grad_hidden", "grad_weight"), got[2:], want[2:]):
+        assert_rounded_once(x, y, dtype, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
