@@ -1,15 +1,25 @@
-"""Shared test setup: Triton runs through its CPU interpreter, shared/ paths, tiny models.
+"""Shared test setup: the op tests' device, Triton's CPU interpreter, shared/ paths, tiny models.
 
-TRITON_INTERPRET must be set before triton is first imported, so it is set here, at
-the top of the first module pytest loads.
+RLVFAST_TEST_DEVICE (cpu, the default, or cuda) is where tests/ops put their inputs. On cpu,
+Triton runs through its CPU interpreter: TRITON_INTERPRET=1 must be set before triton is first
+imported, so it is set here, at the top of the first module pytest loads. On cuda it is not
+set (the compiled kernels run), and tests/ops skip, all for one reason, where no CUDA device is
+present. Only tests/ops read it; run the rest of the suite with the default (without the
+interpreter, tests/kernels/test_aot_compile.py's interpreter check fails).
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+TEST_DEVICE = os.environ.get("RLVFAST_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+OPS_TESTS = Path(__file__).resolve().parent / "ops"
+NO_CUDA_REASON = "RLVFAST_TEST_DEVICE=cuda, but torch.cuda.is_available() is False on this machine"
+CPU_ONLY = pytest.mark.skipif(TEST_DEVICE != "cpu", reason=f"CPU tensors only (RLVFAST_TEST_DEVICE={TEST_DEVICE})")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SMOLLM2_GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,21 +58,43 @@ def smollm2():
     return load_model(SMOLLM2_GGUF)
 
 
-def cpu_backends(kernel_module: str) -> list[str]:
-    """The backends an op test runs on the CPU: the reference, C++ when built, and Triton
-    (through the interpreter) when `rlvfast.kernels.<kernel_module>` imports."""
+def pytest_configure(config):
+    """A test device other than cpu/cuda, or cuda under the interpreter, is a usage error (exit 4)."""
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"RLVFAST_TEST_DEVICE={TEST_DEVICE!r}: expected 'cpu' (the default) or 'cuda'")
+    if TEST_DEVICE == "cuda" and os.environ.get("TRITON_INTERPRET") == "1":
+        raise pytest.UsageError("RLVFAST_TEST_DEVICE=cuda runs the compiled Triton kernels, but TRITON_INTERPRET=1 "
+                                "is set in the environment; unset it")
+
+
+def pytest_collection_modifyitems(config, items):
+    """CUDA asked for but absent: every tests/ops item skips, for that one reason."""
+    import torch
+
+    if TEST_DEVICE != "cuda" or torch.cuda.is_available():
+        return
+    skip = pytest.mark.skipif(True, reason=NO_CUDA_REASON)  # first in line: before any CPU_ONLY reason
+    for item in items:
+        if OPS_TESTS in Path(item.path).parents:
+            item.add_marker(skip, append=False)
+
+
+def device_backends(op: str) -> list[str]:
+    """The backends the op tests run `op` on for TEST_DEVICE tensors, in rlvfast.ops.OP_BACKENDS
+    order: on cpu the reference, C++ when built, and Triton (the interpreter); on cuda the
+    reference, Triton, and the CUDA C++ op where `op` has one and it is built. Triton only when
+    `rlvfast.kernels.<op>` imports."""
     import importlib
 
     import rlvfast.ops as ops
 
-    usable = ops.available_backends("cpu")
-    backends = [b for b in ("reference", "cpp") if b in usable]
-    if "triton" in usable:
+    usable = ops.available_backends(TEST_DEVICE)
+    backends = [b for b in ops.OP_BACKENDS[op] if b in usable]
+    if "triton" in backends:
         try:
-            importlib.import_module(f"rlvfast.kernels.{kernel_module}")
-            backends.append("triton")
+            importlib.import_module(f"rlvfast.kernels.{op}")
         except ImportError:
-            pass
+            backends.remove("triton")
     return backends
 
 

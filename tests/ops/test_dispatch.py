@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
+from conftest import CPU_ONLY
 from rlvfast import _ext
 from rlvfast.ops import reference
 
@@ -52,6 +53,7 @@ def test_forcing_cuda_on_an_lm_head_op_names_the_missing_kernel(gpu_machine_with
         ops.resolve_backend("cuda", torch.device("cuda"), op)
 
 
+@CPU_ONLY
 def test_auto_runs_the_reference_when_cpp_is_missing(gpu_machine_without_cpp):
     # end to end on CPU tensors: auto lands on the reference and gives its numbers
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""policy_loss on every available backend against the float64 reference.
+"""policy_loss on every backend for the test device (conftest.py) against the float64 reference.
 
 Old log-probs are built as logprobs - offset so each token's ratio r = exp(offset) lands
 where we want it: inside the clip band, below it, or above it, with advantages of both
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
-from conftest import cpu_backends
+from conftest import CPU_ONLY, TEST_DEVICE, device_backends
 from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig, TokenBatch
@@ -19,7 +19,7 @@ CHUNK = 4
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28  # asymmetric (DAPO-style) so low/high mix-ups fail
 
 
-BACKENDS = cpu_backends("policy_loss")
+BACKENDS = device_backends("policy_loss")
 KERNELS = [b for b in BACKENDS if b != "reference"]
 
 
@@ -54,7 +54,8 @@ def _inputs(n, h, v, dtype, temperature, seed=0, weights=None):
     if weights is None:
         weights = torch.rand(n, generator=g, dtype=torch.float64)
         weights[1::3] = 0.0  # masked-out tokens
-    return hidden.to(dtype), weight.to(dtype), targets, old, adv, weights
+    on_device = [t.to(TEST_DEVICE) for t in (targets, old, adv, weights)]
+    return (hidden.to(TEST_DEVICE, dtype), weight.to(TEST_DEVICE, dtype), *on_device)
 
 
 def _forward_backward(backend, hidden, weight, targets, old, adv, weights, temperature):
@@ -98,13 +99,14 @@ def test_gradient_is_zero_exactly_where_the_clip_is_active():
     # The 10-token case places every ratio with both advantage signs; the per-token gradient
     # of -min(rA, clip(r)A) is zero for (A > 0, r above the band) and (A < 0, r below it).
     n, h, v = 10, 8, 64
-    hidden, weight, targets, old, adv, _ = _inputs(n, h, v, torch.float64, 1.0, weights=torch.ones(n, dtype=torch.float64))
+    hidden, weight, targets, old, adv, _ = _inputs(n, h, v, torch.float64, 1.0,
+                                                   weights=torch.ones(n, dtype=torch.float64))
     for backend in BACKENDS:
         rows = []
         for i in range(n):  # one token at a time: grad_hidden row i is that token's gradient
             one = [t[i:i + 1] for t in (hidden, targets, old, adv)]
             _, _, grad_h, _ = _forward_backward(backend, one[0], weight, one[1], one[2], one[3],
-                                                torch.ones(1, dtype=torch.float64), 1.0)
+                                                torch.ones(1, dtype=torch.float64, device=TEST_DEVICE), 1.0)
             rows.append(grad_h.abs().sum().item())
         ratio = [math.exp(LOG_RATIOS[i % 5]) for i in range(n)]
         clipped = [(adv[i] > 0 and ratio[i] > 1 + CLIP_HIGH) or (adv[i] < 0 and ratio[i] < 1 - CLIP_LOW)
@@ -166,13 +168,14 @@ def test_public_dispatch_and_no_grad(backend):
     (dict(clip_low=-0.1), "clip_low must be a finite number >= 0, got -0.1"),
     (dict(clip_high=float("nan")), "clip_high must be a finite number >= 0, got nan"),
     (dict(temperature=-1.0), "temperature must be a finite number > 0, got -1.0"),
-    (dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors"),
+    pytest.param(dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors", marks=CPU_ONLY),
 ])
 def test_bad_inputs_name_the_value(bad, match):
     args = dict(hidden=torch.randn(3, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
                 targets=torch.tensor([0, 1, 2]), old_logprobs=torch.zeros(3, dtype=torch.float64),
                 advantages=torch.ones(3, dtype=torch.float64), weights=torch.ones(3, dtype=torch.float64))
     args.update(bad)
+    args = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(ValueError, match=match):
         ops.policy_loss(**args)
 

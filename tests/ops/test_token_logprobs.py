@@ -1,4 +1,4 @@
-"""token_logprobs on every available backend against the float64 reference.
+"""token_logprobs on every backend for the test device (conftest.py) against the float64 reference.
 
 Forward values and gradients (random upstream gradients for both logprobs and lse) at
 shapes that hit each code path of the chunked kernels; the chunk size is shrunk to 4 rows
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
-from conftest import cpu_backends
+from conftest import CPU_ONLY, TEST_DEVICE, device_backends
 from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig
@@ -27,7 +27,7 @@ def _run(backend: str, hidden, weight, targets, temperature):
     return reference.token_logprobs(hidden, weight, targets, temperature)
 
 
-BACKENDS = cpu_backends("token_logprobs")
+BACKENDS = device_backends("token_logprobs")
 
 KERNELS = [b for b in BACKENDS if b != "reference"]  # the reference itself is the spec
 
@@ -49,7 +49,8 @@ def _inputs(n, h, v, dtype, seed=0):
     targets = torch.randint(0, v, (n,), generator=g)
     grad_lp = torch.randn(n, generator=g, dtype=torch.float64)
     grad_lse = torch.randn(n, generator=g, dtype=torch.float64)
-    return hidden.to(dtype), weight.to(dtype), targets, grad_lp, grad_lse
+    on_device = [t.to(TEST_DEVICE) for t in (targets, grad_lp, grad_lse)]
+    return (hidden.to(TEST_DEVICE, dtype), weight.to(TEST_DEVICE, dtype), *on_device)
 
 
 def _forward_backward(backend, hidden, weight, targets, grad_lp, grad_lse, temperature):
@@ -111,7 +112,8 @@ def test_public_dispatch_matches_reference(backend):
 def test_logprobs_sum_to_one_over_the_vocabulary(backend):
     # one row scored against every token: checks the lse independently of the reference
     hidden, weight, *_ = _inputs(1, 16, 50, torch.float64, seed=2)
-    logprobs, _ = ops.token_logprobs(hidden.expand(50, -1).contiguous(), weight, torch.arange(50), backend=backend)
+    logprobs, _ = ops.token_logprobs(hidden.expand(50, -1).contiguous(), weight, torch.arange(50, device=TEST_DEVICE),
+                                     backend=backend)
     assert abs(logprobs.exp().sum().item() - 1.0) < 1e-12
 
 
@@ -122,12 +124,13 @@ def test_logprobs_sum_to_one_over_the_vocabulary(backend):
     (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
     (dict(hidden=torch.randn(3, 7, dtype=torch.float64)), "hidden H=7 does not match weight H=8"),
     (dict(hidden=torch.randn(3, dtype=torch.float64)), "hidden must be 2-D"),
-    (dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors"),
+    pytest.param(dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors", marks=CPU_ONLY),
     (dict(backend="fast"), "backend must be one of"),
 ])
 def test_bad_inputs_name_the_value(bad, match):
     args = dict(hidden=torch.randn(3, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
                 targets=torch.tensor([0, 1, 2]), temperature=1.0, backend="auto")
     args.update(bad)
+    args = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(ValueError, match=match):
         ops.token_logprobs(**args)

@@ -1,7 +1,8 @@
 """Triton kernels (rlvfast.kernels) against the float64 spec in rlvfast.ops.reference.
 
-Runs through the Triton interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1), so
-shapes are small; each case names the code path it hits. fp64 inputs are compared at
+Inputs on the test device (conftest.py's TEST_DEVICE): on cpu the kernels run through the Triton
+interpreter (conftest sets TRITON_INTERPRET=1), on cuda compiled; shapes are small either way,
+and each case names the code path it hits. fp64 inputs are compared at
 1e-9. Runtime scalars enter the kernels as fp32 (never constexpr), so a temperature or
 clip value that fp32 cannot hold exactly (0.7, 0.2) moves fp64 results by ~1e-8 relative:
 those cases, the fp32 ones and the bf16 ones (fp32 accumulation of bf16 products) use
@@ -16,6 +17,7 @@ from rlvfast.kernels.group_advantages import group_advantages  # noqa: E402
 from rlvfast.kernels.policy_loss import policy_loss  # noqa: E402
 from rlvfast.kernels.token_logprobs import CHUNK_ELEMS, chunk_rows_for, token_logprobs  # noqa: E402
 from rlvfast.kernels.verifier_scores import MAX_CHUNK_COLS, chunk_cols_for, verifier_scores  # noqa: E402
+from conftest import TEST_DEVICE  # noqa: E402
 from rlvfast.ops import reference  # noqa: E402
 
 F64 = torch.float64
@@ -32,10 +34,11 @@ def tolerances(dtype: torch.dtype, *scalars: float) -> dict:
 
 def lm_head(num_rows: int, hidden_size: int, vocab: int, dtype: torch.dtype, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(num_rows, hidden_size, generator=gen, dtype=F64).to(dtype).requires_grad_()
-    weight = (torch.randn(vocab, hidden_size, generator=gen, dtype=F64) / hidden_size**0.25).to(dtype).requires_grad_()
+    hidden = torch.randn(num_rows, hidden_size, generator=gen, dtype=F64)
+    weight = torch.randn(vocab, hidden_size, generator=gen, dtype=F64) / hidden_size**0.25
     targets = torch.randint(0, vocab, (num_rows,), generator=gen)
-    return hidden, weight, targets
+    return (hidden.to(TEST_DEVICE, dtype).requires_grad_(), weight.to(TEST_DEVICE, dtype).requires_grad_(),
+            targets.to(TEST_DEVICE))
 
 
 def assert_close(actual, expected, tol):
@@ -63,7 +66,7 @@ def test_token_logprobs_matches_reference(num_rows, hidden_size, vocab, temperat
     assert_close(lse, ref_lse, out_tol)
 
     gen = torch.Generator().manual_seed(1)  # random upstream grads for both outputs
-    g_lp, g_lse = torch.randn(2, num_rows, generator=gen, dtype=F64).to(logprobs.dtype)
+    g_lp, g_lse = torch.randn(2, num_rows, generator=gen, dtype=F64).to(TEST_DEVICE, logprobs.dtype)
     grads = torch.autograd.grad((logprobs * g_lp + lse * g_lse).sum(), (hidden, weight))
     ref_grads = torch.autograd.grad((ref_logprobs * g_lp + ref_lse * g_lse).sum(), (hidden, weight))
     for grad, ref_grad, x in zip(grads, ref_grads, (hidden, weight)):
@@ -115,9 +118,9 @@ ADVANTAGES = [1.0, 1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 0.0, -2.0, 0.5, 2.0, -0.5]
 def policy_inputs(num_rows: int, hidden, weight, targets, temperature: float):
     with torch.no_grad():
         logprobs, _ = reference.token_logprobs(hidden, weight, targets, temperature)
-    log_ratio = torch.tensor(LOG_RATIOS, dtype=logprobs.dtype).repeat(2)[:num_rows]
-    advantages = torch.tensor(ADVANTAGES, dtype=logprobs.dtype).repeat(2)[:num_rows]
-    weights = torch.linspace(0.0, 1.0, num_rows, dtype=logprobs.dtype)  # row 0 has weight 0
+    log_ratio = torch.tensor(LOG_RATIOS, dtype=logprobs.dtype, device=TEST_DEVICE).repeat(2)[:num_rows]
+    advantages = torch.tensor(ADVANTAGES, dtype=logprobs.dtype, device=TEST_DEVICE).repeat(2)[:num_rows]
+    weights = torch.linspace(0.0, 1.0, num_rows, dtype=logprobs.dtype, device=TEST_DEVICE)  # row 0 has weight 0
     return logprobs - log_ratio, advantages, weights
 
 
@@ -144,7 +147,7 @@ def test_policy_loss_matches_reference(num_rows, hidden_size, vocab, temperature
     assert_close(loss, ref_loss, out_tol)
     assert_close(logprobs, ref_logprobs, out_tol)
 
-    g_loss = torch.tensor(-1.7, dtype=loss.dtype)  # a non-unit upstream grad
+    g_loss = torch.tensor(-1.7, dtype=loss.dtype, device=TEST_DEVICE)  # a non-unit upstream grad
     grads = torch.autograd.grad(loss * g_loss, (hidden, weight))
     ref_grads = torch.autograd.grad(ref_loss * g_loss, (hidden, weight))
     for grad, ref_grad in zip(grads, ref_grads):
@@ -157,9 +160,10 @@ def test_policy_loss_clipped_rows_get_no_gradient():
     hidden, weight, targets = lm_head(2, 16, 37, F64)
     with torch.no_grad():
         logprobs, _ = reference.token_logprobs(hidden, weight, targets)
-    old = logprobs - torch.tensor([0.5, -0.5], dtype=F64)  # ratios e^0.5 and e^-0.5
-    advantages = torch.tensor([1.0, -1.0], dtype=F64)
-    loss, _ = policy_loss(hidden, weight, targets, old, advantages, torch.ones(2, dtype=F64), *EXACT_CLIPS)
+    old = logprobs - torch.tensor([0.5, -0.5], dtype=F64, device=TEST_DEVICE)  # ratios e^0.5 and e^-0.5
+    advantages = torch.tensor([1.0, -1.0], dtype=F64, device=TEST_DEVICE)
+    loss, _ = policy_loss(hidden, weight, targets, old, advantages, torch.ones(2, dtype=F64, device=TEST_DEVICE),
+                          *EXACT_CLIPS)
     assert loss.item() == pytest.approx(-(1.375 * 1.0 + 0.75 * -1.0), rel=1e-12)
     g_h, g_w = torch.autograd.grad(loss, (hidden, weight))
     assert g_h.abs().max() == 0 and g_w.abs().max() == 0
@@ -204,7 +208,7 @@ def test_verifier_scores_matches_reference(rows, hidden_size, vocab, temperature
     assert_close(p_no, ref_no, tol)
 
     gen = torch.Generator().manual_seed(4)
-    g_yes, g_no = torch.randn(2, rows, generator=gen, dtype=F64).to(p_yes.dtype)
+    g_yes, g_no = torch.randn(2, rows, generator=gen, dtype=F64).to(TEST_DEVICE, p_yes.dtype)
     grads = torch.autograd.grad((p_yes * g_yes + p_no * g_no).sum(), (hidden, weight))
     ref_grads = torch.autograd.grad((ref_yes * g_yes + ref_no * g_no).sum(), (hidden, weight))
     for grad, ref_grad in zip(grads, ref_grads):
@@ -221,6 +225,7 @@ def test_group_advantages_matches_reference(method, group_size, dtype):
     rewards[:group_size] = 1.0  # an all-correct group
     rewards[group_size:2 * group_size] = 0.0  # an all-wrong group
     rewards[2 * group_size:3 * group_size] = torch.randn(group_size, generator=gen).to(dtype)  # real-valued
+    rewards = rewards.to(TEST_DEVICE)
     out = group_advantages(rewards, group_size, method)
     expected = reference.group_advantages(rewards, group_size, method)
     assert out.dtype == dtype and out.shape == rewards.shape
@@ -232,10 +237,10 @@ def test_group_advantages_matches_reference(method, group_size, dtype):
 
 def test_group_advantages_values_by_hand():
     # group [1, 0, 0, 0]: mean 1/4, unbiased std 1/2
-    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)
-    torch.testing.assert_close(group_advantages(rewards, 4, "grpo", eps=0.0),
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64, device=TEST_DEVICE)
+    torch.testing.assert_close(group_advantages(rewards, 4, "grpo", eps=0.0).cpu(),
                                torch.tensor([1.5, -0.5, -0.5, -0.5], dtype=F64))
-    torch.testing.assert_close(group_advantages(rewards, 4, "rloo"),
+    torch.testing.assert_close(group_advantages(rewards, 4, "rloo").cpu(),
                                torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3], dtype=F64))
-    torch.testing.assert_close(group_advantages(rewards, 4, "drgrpo"),
+    torch.testing.assert_close(group_advantages(rewards, 4, "drgrpo").cpu(),
                                torch.tensor([0.75, -0.25, -0.25, -0.25], dtype=F64))

@@ -1,4 +1,4 @@
-"""verifier_scores on every available backend against the float64 reference.
+"""verifier_scores on every backend for the test device (conftest.py) against the float64 reference.
 
 Values and gradients (random upstream gradients for p_yes and p_no) at shapes that hit
 the streaming log-sum-exp: one block, a partial last block, V = 49153 and V = 151936.
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rlvfast.ops as ops
-from conftest import cpu_backends
+from conftest import CPU_ONLY, TEST_DEVICE, device_backends
 from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig
@@ -18,7 +18,7 @@ from rlvfast.ops.cpp import FusedConfig
 BLOCK = 4096  # vocabulary columns per streaming block in these tests
 
 
-BACKENDS = cpu_backends("verifier_scores")
+BACKENDS = device_backends("verifier_scores")
 KERNELS = [b for b in BACKENDS if b != "reference"]
 
 
@@ -41,7 +41,7 @@ def _inputs(b, h, v, dtype, yes_id, no_id, seed=0):
     boost = (math.log(v) + 1.0) / h
     weight[yes_id] += hidden[0] * boost
     weight[no_id] += hidden[-1] * boost
-    return hidden.to(dtype), weight.to(dtype)
+    return hidden.to(TEST_DEVICE, dtype), weight.to(TEST_DEVICE, dtype)
 
 
 def _forward_backward(backend, hidden, weight, yes_id, no_id, temperature, grad_yes, grad_no):
@@ -80,7 +80,7 @@ def test_matches_float64_reference(backend, b, h, v, yes_id, no_id, temperature,
         rtol, grad_rtol = TOLERANCES[1][1:]
     hidden, weight = _inputs(b, h, v, dtype, yes_id, no_id)
     g = torch.Generator().manual_seed(1)
-    grad_yes, grad_no = torch.randn(b, generator=g, dtype=torch.float64), torch.randn(b, generator=g, dtype=torch.float64)
+    grad_yes, grad_no = (torch.randn(b, generator=g, dtype=torch.float64).to(TEST_DEVICE) for _ in range(2))
     want = _forward_backward("reference", hidden.double(), weight.double(), yes_id, no_id, temperature, grad_yes, grad_no)
     got = _forward_backward(backend, hidden, weight, yes_id, no_id, temperature, grad_yes, grad_no)
     assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -102,7 +102,7 @@ def test_matches_float64_reference(backend, b, h, v, yes_id, no_id, temperature,
 def test_low_precision_inputs_against_float64_reference(backend, dtype):
     hidden, weight = _inputs(3, 97, 1031, dtype, 5, 900, seed=6)
     g = torch.Generator().manual_seed(7)
-    grad_yes, grad_no = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    grad_yes, grad_no = torch.randn(2, 3, generator=g, dtype=torch.float64).to(TEST_DEVICE)
     want = _forward_backward("reference", hidden.double(), weight.double(), 5, 900, 0.7, grad_yes, grad_no)
     got = _forward_backward(backend, hidden, weight, 5, 900, 0.7, grad_yes, grad_no)
     assert want[0][0] > 0.02 and want[1][-1] > 0.02  # the constructed rows do score high
@@ -130,10 +130,11 @@ def test_public_dispatch_bf16_and_no_grad(backend):
     (dict(yes_id=1.0), r"yes_id=1.0 must be an int"),
     (dict(temperature=float("inf")), "temperature must be a finite number > 0, got inf"),
     (dict(weight=torch.randn(50, 9)), "hidden H=8 does not match weight H=9"),
-    (dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors"),
+    pytest.param(dict(backend="cuda"), "backend 'cuda' is not available for cpu tensors", marks=CPU_ONLY),
 ])
 def test_bad_inputs_name_the_value(bad, match):
     args = dict(hidden=torch.randn(2, 8), weight=torch.randn(50, 8), yes_id=1, no_id=2)
     args.update(bad)
+    args = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(ValueError, match=match):
         ops.verifier_scores(**args)
