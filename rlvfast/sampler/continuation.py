@@ -55,6 +55,19 @@ def fork_prefixes(prompt_ids: list[list[int]], token_ids: Seq[Seq[int]], forks: 
     return [prompt_ids[f.rollout] + list(token_ids[f.rollout][:f.boundary]) for f in forks]
 
 
+def fork_budgets(forks: list[Fork], max_tokens: int, max_solution_tokens: int | None) -> list[int] | None:
+    """Each fork's budget of new tokens: max_tokens, or at most max_solution_tokens - boundary."""
+    if max_solution_tokens is None:
+        return None
+    if isinstance(max_solution_tokens, bool) or not isinstance(max_solution_tokens, int):
+        raise ValueError(f"max_solution_tokens must be an int or None, got {max_solution_tokens!r}")
+    late = [f for f in forks if f.boundary >= max_solution_tokens]
+    if late:
+        raise ValueError(f"boundary {late[0].boundary} of rollout {late[0].rollout} leaves no token to sample "
+                         f"under max_solution_tokens={max_solution_tokens}; expected boundaries < it")
+    return [min(max_tokens, max_solution_tokens - f.boundary) for f in forks]
+
+
 def prefill_forks(runner, prompt_ids: list[list[int]], token_ids: Seq[Seq[int]],
                   forks: list[Fork]) -> tuple[KVCache, torch.Tensor]:
     """A cache of one row per fork holding its prefix, and its next-token logits (F, V), from

@@ -27,7 +27,7 @@ import torch
 
 from rlvfast.answers import extract_answer
 from rlvfast.models import eos_ids, yes_no_ids
-from rlvfast.sampler.continuation import fork_prefixes, plan_forks, prefill_forks
+from rlvfast.sampler.continuation import fork_budgets, fork_prefixes, plan_forks, prefill_forks
 from rlvfast.sampler.kv_cache import KVCache
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
@@ -114,8 +114,8 @@ class Sampler:
 
     @torch.inference_mode()
     def continue_from(self, prompts: Seq[Prompt], token_ids: Seq[Seq[int] | Completion], boundaries: Seq[Seq[int]],
-                      params: SamplingParams | None = None, score: bool = False,
-                      progress: bool = False) -> list[list[RequestOutput]]:
+                      params: SamplingParams | None = None, score: bool = False, progress: bool = False,
+                      max_solution_tokens: int | None = None, reprefill: bool = False) -> list[list[RequestOutput]]:
         """params.n continuations of rollouts from token boundaries, through forked KV caches.
 
         Rollout i is prompts[i] followed by token_ids[i] (its sampled ids, or a Completion);
@@ -130,6 +130,10 @@ class Sampler:
         on the rest of the batch. Cost: one prefill per rollout up to its last boundary, one
         token per boundary, then the continuations' new tokens (continuation.py). Usable for
         tree search: a continuation is itself a rollout of prompt + prefix.
+        `max_solution_tokens` M: a continuation from boundary b also stops after M - b new
+        tokens ("length"), so prefix + continuation fits the rollouts' budget (each boundary
+        must be < M). `reprefill`: each state is prefilled on its own instead of forked (the
+        reference path and the benchmark's baseline; the same samples).
         """
         params = params or SamplingParams()
         prompt_ids = self._encode_all(prompts)
@@ -139,10 +143,14 @@ class Sampler:
             return [[] for _ in prompt_ids]
         states = fork_prefixes(prompt_ids, token_ids, forks)
         self._check_lengths(states, params.max_tokens + (len(self.verify_ids) + 1 if score else 0))
+        budgets = fork_budgets(forks, params.max_tokens, max_solution_tokens)
         keys = None if params.is_greedy else sample_keys(resolve_seed(params.seed), states, params.n)
         self.runner.sync_weights()
-        cache, logits = prefill_forks(self.runner, prompt_ids, token_ids, forks)  # (F rows), (F, V)
-        seqs = self._sequences([len(s) for s in states], params.n, keys)
+        if reprefill:
+            cache, logits = self.runner.prefill(states, capacity=0)  # (F rows), (F, V)
+        else:
+            cache, logits = prefill_forks(self.runner, prompt_ids, token_ids, forks)  # (F rows), (F, V)
+        seqs = self._sequences([len(s) for s in states], params.n, keys, budgets)
         cache, logits = self._share(cache, logits, params, score)
         seqs = self._decode(cache, logits, seqs, params, score, progress, frozenset())
         flat = iter(self._outputs(states, states, seqs, params))
@@ -156,9 +164,11 @@ class Sampler:
         return self._decode(cache, logits, seqs, params, score, progress, budgets)
 
     @staticmethod
-    def _sequences(prompt_lengths: list[int], n: int, keys: list[int] | None) -> list[Sequence]:
-        """n sequences per prompt (prompt-major), each with its random stream."""
-        return [Sequence(i, i // n, prompt_lengths[i // n], key=None if keys is None else keys[i])
+    def _sequences(prompt_lengths: list[int], n: int, keys: list[int] | None,
+                   max_tokens: list[int] | None = None) -> list[Sequence]:
+        """n sequences per prompt (prompt-major), each with its random stream (and budget)."""
+        return [Sequence(i, i // n, prompt_lengths[i // n], key=None if keys is None else keys[i],
+                         max_tokens=None if max_tokens is None else max_tokens[i // n])
                 for i in range(len(prompt_lengths) * n)]
 
     def _share(self, cache: KVCache, logits: torch.Tensor, params: SamplingParams,
@@ -216,7 +226,7 @@ class Sampler:
                 reason, stop_reason = "stop", token
             elif params.stop and (hit := self._stop_string_hit(seq.token_ids, params.stop)) is not None:
                 reason, stop_reason = "stop", hit
-            elif seq.num_completion_tokens >= params.max_tokens:
+            elif seq.num_completion_tokens >= (seq.max_tokens or params.max_tokens):
                 reason, stop_reason = "length", None
             else:
                 continue

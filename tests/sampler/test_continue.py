@@ -156,3 +156,25 @@ def test_forked_continuations_equal_generate_smollm2(smollm2):
     # 5e-5: SmolLM2's float32 floor; generate() of each state alone vs all three batched
     # already differs by 1.8e-5 in log-probs (the forks: 2.1e-5; tiny model: 5e-7 < 1e-5)
     assert_same_outputs(flat, sampler.generate([o.prompt_token_ids for o in flat], params, score=True), atol=5e-5)
+
+
+def test_max_solution_tokens_caps_each_continuation_at_the_rollout_budget(tiny_sampler, rollouts):
+    params = SamplingParams(n=2, max_tokens=10, seed=6, ignore_eos=True)
+    out = tiny_sampler.continue_from(TINY_PROMPTS, rollouts, [[4, 15], [0]], params, max_solution_tokens=20)
+    budgets = [min(10, 20 - b) for b in (4, 15, 0)]  # 10, 5, 10 new tokens
+    flat = [out[0][0], out[0][1], out[1][0]]
+    assert [[len(c.token_ids) for c in o.completions] for o in flat] == [[b, b] for b in budgets]
+    for state, budget in zip(flat, budgets):  # each as generate() with its own max_tokens
+        fresh = tiny_sampler.generate([state.prompt_token_ids],
+                                      SamplingParams(n=2, max_tokens=budget, seed=6, ignore_eos=True), score=False)
+        assert [c.token_ids for c in state.completions] == [c.token_ids for c in fresh[0].completions]
+    with pytest.raises(ValueError, match="boundary 20 of rollout 0 leaves no token"):
+        tiny_sampler.continue_from(TINY_PROMPTS, rollouts, [[20], []], params, max_solution_tokens=20)
+
+
+def test_reprefill_is_the_same_samples(tiny_sampler, rollouts):
+    params = SamplingParams(n=3, max_tokens=8, seed=2)
+    boundaries = [[0, 9], [14]]
+    forked = tiny_sampler.continue_from(TINY_PROMPTS, rollouts, boundaries, params, score=True)
+    again = tiny_sampler.continue_from(TINY_PROMPTS, rollouts, boundaries, params, score=True, reprefill=True)
+    assert_same_outputs([o for r in forked for o in r], [o for r in again for o in r])
