@@ -81,3 +81,38 @@ def test_step_metrics():
     assert m == {"vine/value_step_0": 0.375, "vine/value_step_1": 0.375, "vine/value_step_2": 0.0,
                  "vine/value_step_3": 1.0, "vine/zero_advantage_frac": 0.0, "vine/steps_per_solution": 2.0}
     assert step_metrics([[1.0, 1.0]], [[0.0]])["vine/zero_advantage_frac"] == 1.0
+
+
+def test_the_pieces_fit_on_the_tiny_model(tiny_model):
+    """The recipe the loop follows: steps -> boundaries -> repeated states dropped ->
+    continue_from -> the full solutions graded -> values -> per-token advantages."""
+    from rlvfast import Sampler, SamplingParams
+
+    model, tok = tiny_model
+    sampler = Sampler(model, tok)
+    prompt = "Compute 1+2+4.\n"
+    solutions = ["1+2=3\n3+4=7\n\\boxed{7}", "1+2=3\n3+4=8\n\\boxed{8}"]  # two rollouts of one prompt
+    rollouts = [tok.encode(s, add_special_tokens=False) + [tok.eos_token_id] for s in solutions]
+    rewards = [1.0, 0.0]
+    prompt_ids = [sampler.encode(prompt)] * 2
+    boundaries = [step_boundaries(token_texts(tok, r), max_steps=3) for r in rollouts]
+    assert boundaries == [[0, 6, 12]] * 2
+    kept, source = unique_states(prompt_ids, rollouts, boundaries)
+    assert kept == [[0, 6, 12], [12]]  # s_0 and "1+2=3\n" are shared
+    budget = len(rollouts[0]) + 8
+    out = sampler.continue_from([prompt] * 2, rollouts, kept, SamplingParams(n=4, max_tokens=budget, seed=0),
+                                max_solution_tokens=budget)
+
+    def reward(i: int, j: int, completion) -> float:  # a stand-in grader on the whole solution text
+        text = tok.decode(rollouts[i][:kept[i][j]], skip_special_tokens=True) + completion.text
+        return float("7" in text)
+
+    mc = [[[reward(i, j, c) for c in out[i][j].completions] for i, j in src] for src in source]
+    for ids, per_state, reward_r in zip(rollouts, mc, rewards):
+        ends = step_ends(token_texts(tok, ids))
+        values = state_values(per_state, reward_r, len(ends))
+        adv = token_advantages(ends, step_advantages(values))
+        assert adv.shape == (len(ids),) and values[-1] == reward_r
+        assert values[1] == sum(per_state[1]) / 4 and per_state[1] == mc[0][1]  # the shared state's value
+        assert abs(adv[ends[-1] - 1].item() - (reward_r - values[2])) < 1e-6  # the last step, EOS included
+    assert mc[0][2] == [1.0] * 4  # "...3+4=7\n" continues to a solution that contains the 7
