@@ -98,7 +98,8 @@ def test_greedy_continuation_equals_hf_generate_from_the_prefix(tiny_sampler, ro
 def test_each_rollout_is_prefilled_once_whatever_its_boundaries(tiny_sampler, rollouts, monkeypatch):
     prefills, decode_rows = [], []
     real_prefill, real_decode = tiny_sampler.runner.prefill, tiny_sampler.runner.decode_step
-    monkeypatch.setattr(tiny_sampler.runner, "prefill", lambda p, capacity: prefills.append(p) or real_prefill(p, capacity))
+    monkeypatch.setattr(tiny_sampler.runner, "prefill",
+                        lambda p, capacity: prefills.append(p) or real_prefill(p, capacity))
     monkeypatch.setattr(tiny_sampler.runner, "decode_step",
                         lambda cache, t: decode_rows.append(len(t)) or real_decode(cache, t))
     params = SamplingParams(n=9, max_tokens=6, seed=0, ignore_eos=True)
