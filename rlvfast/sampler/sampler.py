@@ -127,9 +127,11 @@ class Sampler:
         `generate([ids of every state, in this order], params, score)` returns, token for token,
         with the same seed: a continuation's random stream is keyed by the state's ids, its
         occurrence among this call's states and its index k (rng.py), so it does not depend
-        on the rest of the batch. Cost: one prefill per rollout up to its last boundary, one
-        token per boundary, then the continuations' new tokens (continuation.py). Usable for
-        tree search: a continuation is itself a rollout of prompt + prefix.
+        on the rest of the batch (so from boundary 0, the rollouts' own seed replays the
+        rollouts themselves: continue with another seed). Cost: one prefill per rollout up to
+        its last boundary, one token per boundary, then the continuations' new tokens
+        (continuation.py). Usable for tree search: a continuation is itself a rollout of
+        prompt + prefix.
         `max_solution_tokens` M: a continuation from boundary b also stops after M - b new
         tokens ("length"), so prefix + continuation fits the rollouts' budget (each boundary
         must be < M). `reprefill`: each state is prefilled on its own instead of forked (the

@@ -21,6 +21,10 @@ the rollout's final reward as their value (its own outcome, a one-sample Monte C
 as VinePPO fills them from the end), so step max_steps - 1 gets R - V(s_{max_steps - 1}) and the
 later steps 0.
 
+Seeds: sample the continuations with a seed other than the rollouts' own; `continue_from`
+keys a stream by its state's ids, so from s_0 (the prompt) the rollouts' seed replays the
+rollouts themselves.
+
 Not here: sampling the continuations (`rlvfast.sampler.Sampler.continue_from`), grading
 them, the loss (`rlvfast.train.loss`), the training loop.
 """

@@ -179,3 +179,11 @@ def test_reprefill_is_the_same_samples(tiny_sampler, rollouts):
     forked = tiny_sampler.continue_from(TINY_PROMPTS, rollouts, boundaries, params, score=True)
     again = tiny_sampler.continue_from(TINY_PROMPTS, rollouts, boundaries, params, score=True, reprefill=True)
     assert_same_outputs([o for r in forked for o in r], [o for r in again for o in r])
+
+
+def test_from_the_prompt_the_rollouts_seed_replays_the_rollouts(tiny_sampler):
+    # Why the trainer must continue with another seed: a state is keyed like a prompt.
+    params = SamplingParams(n=3, max_tokens=10, seed=13)
+    rollouts = tiny_sampler.generate(TINY_PROMPTS[:1], params, score=False)[0].completions
+    out = tiny_sampler.continue_from(TINY_PROMPTS[:1], [rollouts[0].token_ids], [[0]], params)[0][0]
+    assert [c.token_ids for c in out.completions] == [c.token_ids for c in rollouts]
