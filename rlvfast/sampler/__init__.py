@@ -7,8 +7,9 @@ its own KV cache as it ends. Files, one noun each: params (SamplingParams), outp
 (ModelRunner: prefill / decode_step / verify), fast_trunk (FastTrunk: a lean Llama/Qwen2
 forward on `rlvfast.models.llama`), rng (per-sample counter-based uniforms), sampling
 (sample_tokens), prompts (format_prompt, build_verify_prompt), verification (the
-verification row the sampler and the trainer share), reencode (reencoded_scores), sampler
-(Sampler: the loop, `score`).
+verification row the sampler and the trainer share), reencode (reencoded_scores), continuation
+(the forked caches of `Sampler.continue_from`), sampler (Sampler: the loop, `score`,
+`continue_from`).
 
 The public API (what other layers import): the names in `__all__`, from this package only.
 """

@@ -17,7 +17,9 @@ where decode steps no longer touch it and its keys/values stay in place (no copy
 `drop_parked()` frees them. Rows parked at different steps share the columns, the ones
 written after a row ended being invalid for it (a gap the mask hides). `live()` and
 `rewind()` let the live rows take a look-ahead forward (the verification of a partial
-solution) whose columns are then given back. Not here: what to run (runner.py) or when
+solution) whose columns are then given back. `fork()` starts a new cache from prefixes of
+rows (the first k tokens of each, gathered left-padded into fresh storage): the sampler's
+continuations from a rollout's step boundaries. Not here: what to run (runner.py) or when
 (sampler.py).
 """
 from __future__ import annotations
@@ -99,6 +101,32 @@ class KVCache:
             for layer in store:
                 fresh = layer.new_zeros((len(index), layer.shape[1], capacity, layer.shape[3]))
                 fresh[:, :, :self.length] = layer[index, :, :self.length]
+                new_store.append(fresh)
+        return out
+
+    def fork(self, rows: torch.Tensor, num_tokens: torch.Tensor, capacity: int) -> KVCache:
+        """A new cache whose row i holds the first num_tokens[i] tokens of row rows[i] (the
+        first valid columns, i.e. a prefix of that row's sequence; repeats allowed), left-padded
+        to the longest prefix, in `capacity` columns. Its positions go on from num_tokens[i], so
+        a forward on it continues each prefix as if it had been prefilled alone."""
+        width = int(num_tokens.max())
+        if capacity < max(width, 1):
+            raise ValueError(f"KVCache.fork: capacity {capacity} < the longest prefix, {width} tokens")
+        if bool((num_tokens > self.next_position[rows]).any()):
+            raise ValueError(f"KVCache.fork: prefixes of {num_tokens.tolist()} tokens, but the rows hold "
+                             f"{self.next_position[rows].tolist()}")
+        valid = self.is_valid[rows, :self.length]  # (F, L)
+        valid_cols = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # (F, L): valid columns first
+        slot = torch.arange(width, device=valid.device)[None, :] - (width - num_tokens)[:, None]  # (F, W); < 0: pad
+        src = valid_cols.gather(1, slot.clamp(min=0))  # (F, W) source column of each new column
+        out = KVCache(len(rows), capacity, valid.device, self.dtype)
+        out.length = width
+        out.is_valid[:, :width] = slot >= 0
+        out.next_position.copy_(num_tokens)
+        for store, new_store in ((self.keys, out.keys), (self.values, out.values)):
+            for layer in store:  # (R, kv_heads, capacity, head_dim)
+                fresh = layer.new_zeros((len(rows), layer.shape[1], capacity, layer.shape[3]))
+                fresh[:, :, :width] = layer[rows[:, None], :, src].transpose(1, 2)  # (F, W, kv, hd) -> (F, kv, W, hd)
                 new_store.append(fresh)
         return out
 

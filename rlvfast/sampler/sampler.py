@@ -12,11 +12,12 @@ in one forward; P("Yes") is read at the last position. The last sampled token is
 cache yet, so the verification starts with it, except an EOS, which is left out of the
 verified solution (the rule, shared with the trainer: verification.py). A row's KV memory
 is released when it is verified. `score` is the reference: the same token sequence encoded
-from scratch.
+from scratch. `continue_from` runs the same loop from rows forked at a rollout's token
+boundaries instead of prefilled prompts (continuation.py).
 
 Not here: the forwards (runner.py, fast_trunk.py), the cache layout (kv_cache.py),
 sampling math (sampling.py), prompt texts (prompts.py), the re-encoding (reference.py), the
-verification row (verification.py).
+verification row (verification.py), the forks continue_from starts from (continuation.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 
 from rlvfast.answers import extract_answer
 from rlvfast.models import eos_ids, yes_no_ids
+from rlvfast.sampler.continuation import fork_budgets, fork_prefixes, plan_forks, prefill_forks
 from rlvfast.sampler.kv_cache import KVCache
 from rlvfast.sampler.outputs import Completion, RequestOutput
 from rlvfast.sampler.params import SamplingParams
@@ -110,25 +112,88 @@ class Sampler:
         seqs = self._run(prompt_ids, params, score, keys, progress, budgets)
         return self._outputs(prompts, prompt_ids, seqs, params)
 
+    @torch.inference_mode()
+    def continue_from(self, prompts: Seq[Prompt], token_ids: Seq[Seq[int] | Completion], boundaries: Seq[Seq[int]],
+                      params: SamplingParams | None = None, score: bool = False, progress: bool = False,
+                      max_solution_tokens: int | None = None, reprefill: bool = False) -> list[list[RequestOutput]]:
+        """params.n continuations of rollouts from token boundaries, through forked KV caches.
+
+        Rollout i is prompts[i] followed by token_ids[i] (its sampled ids, or a Completion);
+        each b in boundaries[i] (0 <= b <= len(token_ids[i]); 0: from the prompt alone) names
+        the state prompt + token_ids[i][:b]. Returns out[i][j], the RequestOutput of state
+        boundaries[i][j]: prompt_token_ids = that state's ids, prompt None, and n Completions
+        of at most max_tokens NEW tokens (text, answer and score of the continuation after the
+        state; score as in generate: P("Yes") of state + continuation). They are what
+        `generate([ids of every state, in this order], params, score)` returns, token for token,
+        with the same seed: a continuation's random stream is keyed by the state's ids, its
+        occurrence among this call's states and its index k (rng.py), so it does not depend
+        on the rest of the batch (so from boundary 0, the rollouts' own seed replays the
+        rollouts themselves: continue with another seed). Cost: one prefill per rollout up to
+        its last boundary, one token per boundary, then the continuations' new tokens
+        (continuation.py). Usable for tree search: a continuation is itself a rollout of
+        prompt + prefix.
+        `max_solution_tokens` M: a continuation from boundary b also stops after M - b new
+        tokens ("length"), so prefix + continuation fits the rollouts' budget (each boundary
+        must be < M). `reprefill`: each state is prefilled on its own instead of forked (the
+        reference path and the benchmark's baseline; the same samples).
+        """
+        params = params or SamplingParams()
+        prompt_ids = self._encode_all(prompts)
+        token_ids = [self._completion_ids(t) for t in token_ids]
+        forks = plan_forks(prompt_ids, token_ids, boundaries)
+        if not forks:
+            return [[] for _ in prompt_ids]
+        states = fork_prefixes(prompt_ids, token_ids, forks)
+        self._check_lengths(states, params.max_tokens + (len(self.verify_ids) + 1 if score else 0))
+        budgets = fork_budgets(forks, params.max_tokens, max_solution_tokens)
+        keys = None if params.is_greedy else sample_keys(resolve_seed(params.seed), states, params.n)
+        self.runner.sync_weights()
+        if reprefill:
+            cache, logits = self.runner.prefill(states, capacity=0)  # (F rows), (F, V)
+        else:
+            cache, logits = prefill_forks(self.runner, prompt_ids, token_ids, forks)  # (F rows), (F, V)
+        seqs = self._sequences([len(s) for s in states], params.n, keys, budgets)
+        cache, logits = self._share(cache, logits, params, score)
+        seqs = self._decode(cache, logits, seqs, params, score, progress, frozenset())
+        flat = iter(self._outputs(states, states, seqs, params))
+        return [[next(flat) for _ in bounds] for bounds in boundaries]
+
     def _run(self, prompt_ids: list[list[int]], params: SamplingParams, score: bool,
              keys: list[int] | None, progress: bool, budgets: frozenset[int] = frozenset()) -> list[Sequence]:
-        n, runner = params.n, self.runner
-        cache, logits = runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
-        share = torch.arange(len(prompt_ids), device=runner.device).repeat_interleave(n)  # (P*n,)
+        cache, logits = self.runner.prefill(prompt_ids, capacity=0)  # (P, V): one prefill per prompt
+        seqs = self._sequences([len(p) for p in prompt_ids], params.n, keys)
+        cache, logits = self._share(cache, logits, params, score or bool(budgets))
+        return self._decode(cache, logits, seqs, params, score, progress, budgets)
+
+    @staticmethod
+    def _sequences(prompt_lengths: list[int], n: int, keys: list[int] | None,
+                   max_tokens: list[int] | None = None) -> list[Sequence]:
+        """n sequences per prompt (prompt-major), each with its random stream (and budget)."""
+        return [Sequence(i, i // n, prompt_lengths[i // n], key=None if keys is None else keys[i],
+                         max_tokens=None if max_tokens is None else max_tokens[i // n])
+                for i in range(len(prompt_lengths) * n)]
+
+    def _share(self, cache: KVCache, logits: torch.Tensor, params: SamplingParams,
+               verifies: bool) -> tuple[KVCache, torch.Tensor]:
+        """Each row of `cache` (a prefilled prompt or a forked prefix) copied n times, with
+        its next-token logits (P, V) -> (P*n, V): prefix sharing, no n-fold prefill."""
+        share = torch.arange(cache.num_rows, device=self.runner.device).repeat_interleave(params.n)  # (P*n,)
         # Room for INITIAL_DECODE_COLUMNS new tokens (+ the verification); the cache doubles its
         # columns if samples run longer (the last token of a sample is never written: max_tokens - 1).
         columns = max(1, min(params.max_tokens - 1, INITIAL_DECODE_COLUMNS))
-        columns += 1 + len(self.verify_ids) if score or budgets else 0
-        cache = cache.copy_rows(share, capacity=cache.length + columns)
-        logits = logits[share]  # (P*n, V)
-        seqs = [Sequence(i, i // n, len(prompt_ids[i // n]), key=None if keys is None else keys[i])
-                for i in range(len(share))]
+        columns += 1 + len(self.verify_ids) if verifies else 0
+        return cache.copy_rows(share, capacity=cache.length + columns), logits[share]
+
+    def _decode(self, cache: KVCache, logits: torch.Tensor, seqs: list[Sequence], params: SamplingParams,
+                score: bool, progress: bool, budgets: frozenset[int]) -> list[Sequence]:
+        """The decode loop: samples a token per live row, parks or drops ended rows, verifies."""
+        runner = self.runner
         row_seq = list(range(len(seqs)))  # the sequence in each live row
         parked: list[Sequence] = []  # ended, waiting for their verify forward, in parked-row order
         bar = _progress_bar(len(seqs)) if progress else None
         flush_rows = max(1, int(len(seqs) * VERIFY_FLUSH_FRACTION))
         while True:
-            step_uniforms = None if keys is None else uniforms(  # (B,): each row's own draw at this step
+            step_uniforms = None if params.is_greedy else uniforms(  # (B,): each row's own draw at this step
                 [seqs[i].key for i in row_seq], seqs[row_seq[0]].num_completion_tokens, runner.device)
             tokens, logprobs = sample_tokens(logits, params, step_uniforms)  # (B,), (B,)
             ended = self._append(seqs, row_seq, tokens.tolist(), logprobs.tolist(), params)
@@ -163,7 +228,7 @@ class Sampler:
                 reason, stop_reason = "stop", token
             elif params.stop and (hit := self._stop_string_hit(seq.token_ids, params.stop)) is not None:
                 reason, stop_reason = "stop", hit
-            elif seq.num_completion_tokens >= params.max_tokens:
+            elif seq.num_completion_tokens >= (seq.max_tokens or params.max_tokens):
                 reason, stop_reason = "length", None
             else:
                 continue

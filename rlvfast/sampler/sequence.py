@@ -28,6 +28,7 @@ class Sequence:
     score: float | None = None
     key: int | None = None             # its random stream (rng.py); None when greedy
     budget_scores: dict[int, float] = field(default_factory=dict)  # generate(score_at=...)
+    max_tokens: int | None = None      # its own budget of new tokens (continue_from); None: the params'
 
     @property
     def num_completion_tokens(self) -> int:
