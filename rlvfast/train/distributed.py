@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,6 +164,8 @@ def shard(model: torch.nn.Module, device: torch.device, dtype_name: str) -> None
     normalized over the global batch already). bf16 mixed precision on CUDA unless --dtype fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # the trainer reads the root's outputs (hidden states) without in-place ops, which FSDP2 warns against
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
     policy = MixedPrecisionPolicy()
     if device.type == "cuda" and dtype_name != "fp32":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

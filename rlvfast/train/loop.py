@@ -18,7 +18,9 @@ fresh / --resume / --overwrite rule). With no arguments: the tiny model, warm-st
 method, lambda = 0, then RL^V, both from that start, built on `fit`, one table on held-out `test`
 and `hard` problems); `--no-compare`: RL^V alone and its table.
 A user's error is a `UserError` (one line, exit 2, `rlvfast.cli`); a run that cannot go on, a
-`TrainingError` (one line, exit 1).
+`TrainingError` (one line, exit 1). Under `torchrun` (`rlvfast.train.distributed`) each rank samples
+its share of the step's problems and the update is FSDP2-sharded; a failed collective is one line
+naming the rank, exit 1.
 """
 from __future__ import annotations
 
@@ -475,7 +477,7 @@ def _main(argv: list[str] | None) -> int:
     config = parse_config(argv, saved_config=setup.saved_config)
     try:
         train(config)
-    except (TrainingError, ckpt.CheckpointError) as e:
+    except (TrainingError, ckpt.CheckpointError, distributed.DistributedError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 0

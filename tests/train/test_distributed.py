@@ -280,3 +280,16 @@ def test_prompts_per_step_must_divide_over_the_ranks():
     with pytest.raises(UserError, match="--prompts-per-step 3 is not a multiple of the world size 2"):
         distributed.check_divides(distributed.World(0, 2), 3)
     distributed.check_divides(distributed.World(0, 2), 4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(eval_problems=10, compare=None), "--compare trains the base method and RL\\^V one after the other"),  # on by default
+    (dict(dtype="bf16"), "--dtype bf16 .* is not supported under torchrun"),
+    (dict(prompts_per_step=3), "--prompts-per-step 3 is not a multiple of the world size 2"),
+])
+def test_options_torchrun_does_not_run_are_named(micro_dir, tmp_path, overrides, message):
+    from rlvfast.train import setup
+
+    with pytest.raises(UserError, match=message):
+        setup.check_distributed(config(micro_dir, tmp_path, **overrides), distributed.World(0, 2))
+    setup.check_distributed(config(micro_dir, tmp_path), distributed.World(0, 2))
