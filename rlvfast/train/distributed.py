@@ -107,17 +107,19 @@ def _env_int(name: str) -> int:
         raise UserError(f"${name}={value!r}: expected an int (torchrun sets it)") from None
 
 
-def init(device_name: str, timeout_s: int) -> World:
+def init(device: torch.device, timeout_s: int) -> World:
     """Joins torchrun's process group; `SINGLE` (nothing done) without torchrun's environment.
-    gloo on the CPU; nccl on CUDA, this process on GPU LOCAL_RANK (`device_name`: --device)."""
+    gloo on the CPU; nccl on CUDA (`device`: --device's), this process on GPU LOCAL_RANK."""
     if not launched_by_torchrun():
         return SINGLE
     rank, size, local_rank = (_env_int(name) for name in ENV)
-    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-    if use_cuda:
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} CUDA device(s); "
+                            f"start at most that many processes per node (torchrun --nproc-per-node)")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return World(rank, size, local_rank, timeout_s, True)
 
 

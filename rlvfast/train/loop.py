@@ -106,7 +106,7 @@ def train(config: TrainConfig, log=print) -> dict:
     With `config.is_comparison`: the base method and RL^V, then the comparison
     (`rlvfast.train.compare`). Under torchrun every rank runs it (`rlvfast.train.distributed`);
     rank 0 alone logs, holds the lock and writes OUT's files but the sharded checkpoints."""
-    world = distributed.init(config.device, config.dist_timeout)
+    world = distributed.init(setup.pick_device(config.device), config.dist_timeout)
     try:
         return _train_in_world(config, world, log)
     finally:

@@ -213,8 +213,9 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(micro_dir, r
 
 HANG = textwrap.dedent('''
     import os, sys, time
+    import torch
     from rlvfast.train import distributed
-    world = distributed.init("cpu", 3)
+    world = distributed.init(torch.device("cpu"), 3)
     if world.rank == 1:
         time.sleep(30)
         sys.exit(0)
