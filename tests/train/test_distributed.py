@@ -39,9 +39,10 @@ def parity(prompts, completions, completion_ids, **columns):
 '''
 OPTIONS = dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=8, micro_batch=5, eval_problems=0,
                verify_prompt="\nOK?\n", checkpoint_every=1, keep_last=5, lr=1e-2, warmup=0, lr_schedule="constant",
-               compare=False, seed=1, dist_timeout=60)
+               compare=False, seed=1, dist_timeout=60,
+               kl_coef=0.05, ppo_epochs=2)  # the reference model and two optimizer steps per batch, sharded too
 # what a step computes from its rollouts: equal at world sizes 1 and 2 up to float rounding
-COMPARED = ("loss", "loss/policy", "loss/verifier", "grad_norm", "reward", "reward_std", "num_train_tokens",
+COMPARED = ("loss", "loss/policy", "loss/verifier", "kl", "grad_norm", "reward", "reward_std", "num_train_tokens",
             "completions/mean_length", "entropy", "verifier/accuracy", "clip_ratio")
 
 
