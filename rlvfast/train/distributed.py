@@ -185,10 +185,6 @@ def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    return bool(fsdp_units(model))
-
-
 @contextmanager
 def full_weights(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block every FSDP2 unit is unsharded: the module attributes are the full

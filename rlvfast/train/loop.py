@@ -106,17 +106,17 @@ def train(config: TrainConfig, log=print) -> dict:
     With `config.is_comparison`: the base method and RL^V, then the comparison
     (`rlvfast.train.compare`). Under torchrun every rank runs it (`rlvfast.train.distributed`);
     rank 0 alone logs, holds the lock and writes OUT's files but the sharded checkpoints."""
-    world = distributed.init(setup.pick_device(config.device), config.dist_timeout)
+    device = setup.pick_device(config.device)
+    world = distributed.init(device, config.dist_timeout)
     try:
-        return _train_in_world(config, world, log)
+        return _train_in_world(config, world, distributed.device_of(world, device), log)
     finally:
         distributed.destroy()  # torchrun's group, or the one-process group of a sharded --resume
 
 
-def _train_in_world(config: TrainConfig, world: distributed.World, log) -> dict:
+def _train_in_world(config: TrainConfig, world: distributed.World, device: torch.device, log) -> dict:
     from rlvfast.train import compare  # it builds on this module's `fit`
 
-    device = distributed.device_of(world, setup.pick_device(config.device))
     problems = setup.load_training_problems(config)  # a bad --data fails here, before anything slow
     reward_fn = setup.load_reward_fn(config.reward) if config.reward else None
     if config.resume and config.is_comparison:  # nothing to resume: an error before OUT is created
