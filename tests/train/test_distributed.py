@@ -37,10 +37,11 @@ def parity(prompts, completions, completion_ids, **columns):
     """1 when the sampled ids sum to an even number: varied rewards even from a random model."""
     return [float(sum(ids) % 2 == 0) for ids in completion_ids]
 '''
+# micro_batch 5: two micro-batches in one process, one per rank at world size 2; under FSDP2 too: the
+# reference model (kl_coef), two optimizer steps per batch (ppo_epochs), activation checkpointing
 OPTIONS = dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=8, micro_batch=5, eval_problems=0,
                verify_prompt="\nOK?\n", checkpoint_every=1, keep_last=5, lr=1e-2, warmup=0, lr_schedule="constant",
-               compare=False, seed=1, dist_timeout=60,
-               kl_coef=0.05, ppo_epochs=2)  # the reference model and two optimizer steps per batch, sharded too
+               compare=False, seed=1, dist_timeout=60, kl_coef=0.05, ppo_epochs=2, gradient_checkpointing=True)
 # what a step computes from its rollouts: equal at world sizes 1 and 2 up to float rounding
 COMPARED = ("loss", "loss/policy", "loss/verifier", "kl", "grad_norm", "reward", "reward_std", "num_train_tokens",
             "completions/mean_length", "entropy", "verifier/accuracy", "clip_ratio")
