@@ -296,3 +296,22 @@ def test_options_torchrun_does_not_run_are_named(micro_dir, tmp_path, overrides,
     with pytest.raises(UserError, match=message):
         setup.check_distributed(config(micro_dir, tmp_path, **overrides), distributed.World(0, 2))
     setup.check_distributed(config(micro_dir, tmp_path), distributed.World(0, 2))
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean", "constant"])
+def test_a_ranks_loss_weights_are_those_of_its_samples_in_one_process(loss_agg):
+    from types import SimpleNamespace
+
+    from rlvfast.train.rollouts import WholeBatch, to_samples
+
+    cfg = TrainConfig(group_size=2, loss_agg=loss_agg, verifier_agg="balanced")
+    lengths, rewards = [3, 5, 2, 7, 4, 1, 6, 2], [1.0, 0.0, None, 1.0, 0.0, 0.0, 1.0, 1.0]  # 4 groups of 2
+    completions = [SimpleNamespace(token_ids=list(range(n)), logprobs=torch.zeros(n)) for n in lengths]
+    outputs = [SimpleNamespace(prompt_token_ids=[9, g], completions=completions[2 * g:2 * g + 2]) for g in range(4)]
+    whole = to_samples(outputs, rewards, cfg, yes_id=1, no_id=2)
+    for rank in (0, 1):  # world size 2: two groups each
+        share = to_samples(outputs[2 * rank:2 * rank + 2], rewards[4 * rank:4 * rank + 4], cfg, 1, 2,
+                           WholeBatch(rewards, lengths, 4 * rank))
+        assert share == whole[4 * rank:4 * rank + 4]
+    alone = to_samples(outputs[2:], rewards[4:], cfg, 1, 2)  # normalized over its own samples: not the same
+    assert [s.token_weight for s in alone] != [s.token_weight for s in whole[4:]]
