@@ -23,6 +23,11 @@ a crash between them is repaired by `clean_stale` (old final restored), which ev
 first and a run should call at its start. `clean_stale` also deletes what crashed writes leave
 (`.tmp-final-*`, `.old-final-*`, `.latest-*`, `checkpoints/.tmp-*`).
 
+Under torchrun (`save_sharded_checkpoint`) a checkpoint holds `dcp/` (the model and optimizer
+as torch.distributed.checkpoint shards, readable at any world size), `rng-RRRRR.pt` per rank and
+`trainer_state.pt`, committed by rank 0 by the same protocol once every rank has written; OUT/final
+is gathered on rank 0 into one Hugging Face directory (`save_final_gathered`).
+
 Any failure while saving raises `CheckpointError` naming what failed and the last complete
 checkpoint, after removing its temporary directory; nothing already on disk is lost, so the
 caller may log it and go on. KeyboardInterrupt and SystemExit pass through unchanged. Not here:
@@ -292,3 +297,154 @@ def save_final(out: str | os.PathLike, model, tokenizer) -> Path:
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+# ----------------------------------------------------------------------------- sharded (torchrun)
+SHARDED = "dcp"  # a checkpoint's torch.distributed.checkpoint directory (model + optimizer shards)
+
+
+def is_sharded(path: Path) -> bool:
+    """A checkpoint written under torchrun (DCP shards), not a Hugging Face directory."""
+    return (Path(path) / SHARDED).is_dir()
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng-{rank:05d}.pt"
+
+
+def _agree(world, error: str | None, what: str) -> None:
+    """Raises CheckpointError on every rank when any rank's `error` is set."""
+    errors = [e for e in world.gather([error], f"agreeing on {what}") if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
+def _begin_sharded(out: Path, step: int, world) -> tuple[str, Path]:
+    """Rank 0 makes the hidden temporary directory every rank writes into; (name, temp dir)."""
+    root = out / CHECKPOINTS
+    name, tmp, error = f"step-{step:06d}", None, None
+    if world.is_main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            clean_stale(out)
+            suffix = 0
+            while (root / name).exists():  # never overwrite a directory the marker may name
+                suffix += 1
+                name = f"step-{step:06d}.{suffix}"
+            tmp = make_temp_dir(f".tmp-{name}-", root)
+        except Exception as e:
+            error = (f"checkpoint {name} not saved: creating its directory in {root} failed: {type(e).__name__}: "
+                     f"{e}; the last complete checkpoint is {_last_complete(out)}")
+    name, tmp, error = world.broadcast((name, tmp, error), "creating the checkpoint directory")
+    if error:
+        raise CheckpointError(error)
+    return name, Path(tmp)
+
+
+def _write_shards(tmp: Path, model, optimizer, rank: int) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.save(state, checkpoint_id=tmp / SHARDED)
+    torch.save(rng_state(), tmp / _rng_file(rank))
+
+
+def _commit(out: Path, name: str, tmp: Path, trainer_state: dict[str, Any]) -> None:
+    """Rank 0, after every rank wrote its shards: the trainer state, fsync, rename, the marker."""
+    root = out / CHECKPOINTS
+    torch.save(trainer_state, tmp / STATE_FILE)
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask())
+    _fsync_tree(tmp)
+    os.rename(tmp, root / name)
+    _fsync_path(root)
+    write_marker(out, name)
+
+
+def save_sharded_checkpoint(out: str | os.PathLike, step: int, model_and_optimizer: tuple, trainer_state: dict[str, Any],
+                            keep_last: int, world) -> Path:
+    """Under torchrun, on every rank: checkpoints/step-NNNNNN with the model and optimizer as DCP
+    shards (`dcp/`), each rank's RNG state (`rng-RRRRR.pt`) and `trainer_state.pt` (rank 0's: step,
+    schedule, config), by the same protocol as `save_checkpoint`: all written into a temporary
+    directory, a barrier, then rank 0 renames it and writes the marker. Any failure raises
+    CheckpointError on every rank; the previous checkpoint and marker stay as they were."""
+    out = Path(out)
+    model, optimizer = model_and_optimizer
+    name, tmp = _begin_sharded(out, step, world)
+    error = None
+    try:
+        _write_shards(tmp, model, optimizer, world.rank)
+    except Exception as e:
+        error = (f"checkpoint {name} not saved: rank {world.rank} writing {tmp} failed: {type(e).__name__}: {e}; "
+                 f"the last complete checkpoint is {_last_complete(out)}")
+    try:
+        _agree(world, error, "the checkpoint's shards")
+        if world.is_main:
+            try:
+                _commit(out, name, tmp, trainer_state)
+                tmp = None
+            except Exception as e:
+                error = (f"checkpoint {name} not saved: committing {tmp} failed: {type(e).__name__}: {e}; "
+                         f"the last complete checkpoint is {_last_complete(out)}")
+        _agree(world, error, "the checkpoint's commit")
+    finally:
+        if world.is_main and tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if world.is_main:
+        _prune(out / CHECKPOINTS, keep=name, keep_last=keep_last)
+    return out / CHECKPOINTS / name
+
+
+def load_sharded(path: Path, model, optimizer, rank: int) -> None:
+    """A sharded checkpoint's model and optimizer state into `model` (FSDP2, any world size: DCP
+    reshards) and `optimizer`, and this rank's RNG state (rank 0's when the checkpoint had fewer ranks)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    try:
+        dcp.load(state, checkpoint_id=Path(path) / SHARDED)
+    except Exception as e:
+        raise CheckpointError(f"--resume: cannot read the shards in {Path(path) / SHARDED}: {type(e).__name__}: "
+                              f"{e}") from e
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    rng = Path(path) / _rng_file(rank)
+    set_rng_state(torch.load(rng if rng.is_file() else Path(path) / _rng_file(0), weights_only=False))
+
+
+def load_full_optimizer(model, optimizer, plain_state: dict[str, Any]) -> None:
+    """A one-process checkpoint's optimizer state (keyed by parameter position) into the optimizer
+    of the same model FSDP2-sharded: keyed by parameter name, each rank keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # the optimizer's order
+    full = {"state": {names[i]: s for i, s in plain_state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+
+def save_final_gathered(out: str | os.PathLike, model, tokenizer, plain_model, world) -> Path:
+    """Under torchrun, on every rank: the full weights gathered on rank 0 (on the CPU), loaded into
+    `plain_model()` (an unsharded model of the same architecture) and written by `save_final`.
+    CheckpointError on every rank when that fails."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    error = None
+    if world.is_main:
+        try:
+            plain = plain_model()
+            plain.load_state_dict(full)
+            save_final(out, plain, tokenizer)
+        except CheckpointError as e:
+            error = str(e)
+        except Exception as e:  # loading the gathered weights into the plain model
+            error = f"final model not saved: {type(e).__name__}: {e}; the last complete checkpoint is {_last_complete(Path(out))}"
+    world_error = world.broadcast(error, "writing the final model")
+    if world_error:
+        raise CheckpointError(world_error)
+    return Path(out) / FINAL

@@ -36,7 +36,8 @@ LORA_REFUSED = ("lm_head", "embed_tokens")
 # options a --resume may change: they do not change what the run computes
 RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "steps", "checkpoint_every", "keep_last",
                                "max_bad_steps", "log_every", "micro_batch", "gradient_checkpointing", "device",
-                               "eval_problems", "eval_samples", "eval_splits", "compare", "report_to"})
+                               "eval_problems", "eval_samples", "eval_splits", "compare", "report_to",
+                               "dist_timeout"})
 EVAL_OPTIONS = ("eval_problems", "eval_samples", "eval_splits")
 DATA_OPTIONS = ("data_split", "problem_field", "answer_field", "id_field")
 
@@ -139,6 +140,9 @@ class TrainConfig:
                           "when stderr is not a terminal (a log file, CI, Slurm; a terminal shows a "
                           "progress bar instead); 0 = never")
     device: str = _opt("auto", "auto (cuda if available, else cpu), cpu or cuda; bf16 autocast on cuda")
+    dist_timeout: int = _opt(600, "under torchrun: seconds a collective waits for the other ranks before the "
+                             "job ends with an error naming the rank (a peer that died or hangs); the last "
+                             "checkpoint stays intact")
     report_to: list[str] = _opt(("none",), f"where the step metrics also go, one or more of {', '.join(TRACKERS)} "
                                 "(TRL's names): tensorboard writes OUT/runs, wandb and trackio a run in project "
                                 "$WANDB_PROJECT / $TRACKIO_PROJECT or 'rlvfast'; each needs its package "
@@ -177,7 +181,7 @@ class TrainConfig:
             raise UserError(f"--verifier-agg must be one of {VERIFIER_AGGS}, got {self.verifier_agg!r}")
         _check_ints(self, ("group_size", "prompts_per_step", "micro_batch", "ppo_epochs", "max_new_tokens",
                            "steps", "checkpoint_every", "keep_last", "max_bad_steps", "eval_samples",
-                           "warm_start_steps"), minimum=1)
+                           "warm_start_steps", "dist_timeout"), minimum=1)
         _check_ints(self, ("warmup", "eval_problems", "seed", "warm_start_verifier_steps", "log_every"), minimum=0)
         _check_floats(self, ("verifier_coef", "kl_coef", "weight_decay", "clip_low", "clip_high"), positive=False)
         _check_floats(self, ("lr", "max_grad_norm", "temperature", "grader_timeout"), positive=True)

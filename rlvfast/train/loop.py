@@ -18,14 +18,18 @@ fresh / --resume / --overwrite rule). With no arguments: the tiny model, warm-st
 method, lambda = 0, then RL^V, both from that start, built on `fit`, one table on held-out `test`
 and `hard` problems); `--no-compare`: RL^V alone and its table.
 A user's error is a `UserError` (one line, exit 2, `rlvfast.cli`); a run that cannot go on, a
-`TrainingError` (one line, exit 1).
+`TrainingError` (one line, exit 1). Under `torchrun` (`rlvfast.train.distributed`) each rank samples
+its share of the step's problems and the update is FSDP2-sharded; a failed collective is one line
+naming the rank, exit 1.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +43,12 @@ from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
 from rlvfast.train import metrics as metrics_log
-from rlvfast.train import heads, precision, run_dir, setup, trackers
+from rlvfast.train import distributed, heads, precision, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
-from rlvfast.train.rollouts import (problems_for_step, rollout_metrics, score_rollouts, step_seed, to_samples,
-                                    verifier_step_metrics)
+from rlvfast.train.rollouts import (WholeBatch, problems_for_step, rollout_metrics, score_rollouts, step_seed,
+                                    to_samples, verifier_step_metrics)
 
 PROG = "rlvfast.train"
 
@@ -71,6 +75,7 @@ class Run:
     adapter: object = None  # --lora-r: the PeftModel around `model`, whose save_pretrained writes the adapter
     master: precision.MasterWeights | None = None  # --dtype bf16, full fine-tune: what the optimizer steps
     trackers: trackers.Trackers = trackers.NO_TRACKERS  # --report-to: each step's metrics go there too
+    world: distributed.World = distributed.SINGLE  # under torchrun: this rank; the model is FSDP2-sharded
 
     @property
     def step_params(self) -> list[torch.nn.Parameter]:
@@ -91,6 +96,7 @@ class Shared:
     device: torch.device
     grader: object
     tokenizer: object = None
+    world: distributed.World = distributed.SINGLE
 
 
 # ----------------------------------------------------------------------------- the run
@@ -98,35 +104,65 @@ def train(config: TrainConfig, log=print) -> dict:
     """The whole run; returns the summary (also written to OUT/summary.json). Holds OUT's lock
     throughout; a fresh run needs an empty OUT (or --overwrite), see `rlvfast.train.run_dir`.
     With `config.is_comparison`: the base method and RL^V, then the comparison
-    (`rlvfast.train.compare`)."""
+    (`rlvfast.train.compare`). Under torchrun every rank runs it (`rlvfast.train.distributed`);
+    rank 0 alone logs, holds the lock and writes OUT's files but the sharded checkpoints."""
+    device = setup.pick_device(config.device)
+    world = distributed.init(device, config.dist_timeout)
+    try:
+        return _train_in_world(config, world, distributed.device_of(world, device), log)
+    finally:
+        distributed.destroy()  # torchrun's group, or the one-process group of a sharded --resume
+
+
+def _train_in_world(config: TrainConfig, world: distributed.World, device: torch.device, log) -> dict:
     from rlvfast.train import compare  # it builds on this module's `fit`
 
-    device = setup.pick_device(config.device)
     problems = setup.load_training_problems(config)  # a bad --data fails here, before anything slow
     reward_fn = setup.load_reward_fn(config.reward) if config.reward else None
     if config.resume and config.is_comparison:  # nothing to resume: an error before OUT is created
         compare.check_resumable(config)
-    elif config.resume:
-        setup.latest_checkpoint(config.out)
-    with run_dir.hold_lock(config.out):
-        run_dir.prepare(config.out, config.resume, config.overwrite)
+    elif config.resume and ckpt.is_sharded(setup.latest_checkpoint(config.out)) and not world.is_distributed:
+        world = distributed.join_alone(device, config.dist_timeout)  # a torchrun checkpoint, resumed in one process
+    if world.is_distributed:
+        setup.check_distributed(config, world)
+        log = log if world.is_main else _quiet
+    with _hold_out(config, world):
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
-            shared = Shared(problems, reward_fn, device, grader)
+            shared = Shared(problems, reward_fn, device, grader, world=world)
             if config.is_comparison:
                 return compare.train_compare(config, shared, log)
             return _train(config, shared, log)
+
+
+def _quiet(*args) -> None:
+    """The log of ranks other than 0."""
+
+
+@contextmanager
+def _hold_out(config: TrainConfig, world: distributed.World):
+    """Rank 0 holds OUT's lock and prepares it (`run_dir`); the other ranks wait for that."""
+    if not world.is_main:
+        world.barrier("waiting for rank 0 to prepare --out")
+        yield
+        return
+    with run_dir.hold_lock(config.out):
+        run_dir.prepare(config.out, config.resume, config.overwrite)
+        world.barrier("waiting for rank 0 to prepare --out")
+        yield
 
 
 def _train(config: TrainConfig, shared: Shared, log) -> dict:
     wall_start = time.perf_counter()
     out = Path(config.out)
     splits = eval_problems(config) if config.has_table else {}
-    with trackers.open_trackers(config, config.resume) as tracked:
+    is_main = shared.world.is_main
+    with trackers.open_trackers(config, config.resume) if is_main else nullcontext(trackers.NO_TRACKERS) as tracked:
         run, warm_eval = fit(config, shared, splits, log, tracked)
         summary = _summary(run, splits, warm_eval)
         summary["wall_seconds"] = time.perf_counter() - wall_start
         tracked.log_summary(summary, config.steps)
-    write_summary(out, summary)
+    if is_main:
+        write_summary(out, summary)
     if splits:
         log(format_table(summary))
     log(f"done in {summary['wall_seconds']:.0f} s; model at {out / 'final'}, metrics in {out / 'metrics.jsonl'}")
@@ -148,17 +184,31 @@ def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], l
     run = _build_run(config, shared, resume_from, log)
     run.trackers = tracked
     if state is not None:
-        start_step, num_bad, warm_eval = setup.restore(run.optimizer, run.scheduler, state)
-        if run.master is not None:
-            run.master.load_state_dict(state["master_weights"])
+        start_step, num_bad, warm_eval = _restore(run, resume_from, state)
         log(f"resuming from {resume_from} at step {start_step}")
     else:
         start_step, num_bad, warm_eval = 0, 0, _evaluate_start(run, splits, log)
     _run_steps(run, shared.problems, (start_step, num_bad), warm_eval, log)
     if run.adapter is not None:  # final/ is the plain model: the adapters merged into its weights
         run.model, run.adapter = run.adapter.merge_and_unload(), None
-    _save_final(Path(config.out), run.model, run.tokenizer, Path(config.out) / "metrics.jsonl")
+    _save_final(run, Path(config.out) / "metrics.jsonl")
     return run, warm_eval
+
+
+def _restore(run: Run, path: Path, state: dict) -> tuple[int, int, dict]:
+    """A checkpoint's optimizer, schedule and RNG state put back (the weights are loaded already,
+    but for a sharded checkpoint's); returns (step, skipped steps in a row, the start's evaluation)."""
+    if ckpt.is_sharded(path):  # torchrun's: DCP reshards to this world size
+        ckpt.load_sharded(path, run.model, run.optimizer, run.world.rank)
+        run.scheduler.load_state_dict(state["scheduler"])
+        return state["step"], state["num_bad_steps"], state.get("warm_start_eval", {})
+    if run.world.is_distributed:  # one process's checkpoint, its weights loaded: shard its optimizer state
+        ckpt.load_full_optimizer(run.model, run.optimizer, state["optimizer"])
+        state = {**state, "optimizer": None}
+    result = setup.restore(run.optimizer, run.scheduler, state)
+    if run.master is not None:
+        run.master.load_state_dict(state["master_weights"])
+    return result
 
 
 def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_eval: dict, log) -> None:
@@ -167,10 +217,12 @@ def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_e
     config, out = run.config, Path(run.config.out)
     start_step, num_bad = start
     metrics_path = out / "metrics.jsonl"
-    metrics_log.truncate(metrics_path, start_step)
+    if run.world.is_main:
+        metrics_log.truncate(metrics_path, start_step)
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-               desc="RL^V" if config.verifier_coef > 0 else "base method", disable=None, file=sys.stderr)
-    with open(metrics_path, "a") as metrics_file:
+               desc="RL^V" if config.verifier_coef > 0 else "base method",
+               disable=None if run.world.is_main else True, file=sys.stderr)
+    with open(metrics_path, "a") if run.world.is_main else open(os.devnull, "w") as metrics_file:
         for step in bar:
             batch = problems_for_step(problems, step, config.prompts_per_step, config.seed)
             metrics, result = rl_step(run, batch, step)
@@ -195,14 +247,19 @@ def _run_steps(run: Run, problems: list[Problem], start: tuple[int, int], warm_e
 def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, log) -> Run:
     """The model (and reference) loaded, its sampler and optimizer; the first run's tokenizer
     becomes the shared one, a later run uses it (the same model family: the same tokenizer)."""
-    model, tokenizer, ref_model, adapter = setup.load_models(config, shared.device, resume_from, log)
+    weights_from = None if resume_from is not None and ckpt.is_sharded(resume_from) else resume_from
+    model, tokenizer, ref_model, adapter = setup.load_models(config, shared.device, weights_from, log)
     shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
-    sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
+    if shared.world.is_distributed:  # FSDP2; the update then runs the model's own forward (its hooks gather)
+        distributed.shard(model, shared.device, config.dtype)
+    with distributed.full_weights(model):  # the Sampler keeps the lm head's unsharded tensor, refilled each unshard
+        sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     params = precision.trainable(model)
     master = precision.MasterWeights(params) if precision.MasterWeights.needed(params) else None
     optimizer, scheduler = setup.make_optimizer(master.params if master else params, config)
     return Run(config, model, shared.tokenizer, sampler, optimizer, shared.grader, shared.reward_fn,
-               config.loss_config(), ref_model, shared.device, scheduler, adapter=adapter, master=master)
+               config.loss_config(), ref_model, shared.device, scheduler, adapter=adapter, master=master,
+               fast_forward=not shared.world.is_distributed, world=shared.world)
 
 
 def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
@@ -211,8 +268,9 @@ def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
         return {}
     t0 = time.perf_counter()
     num_samples = start_eval_samples(run.config)
-    warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples)
-                 for s, p in splits.items()}
+    with distributed.full_weights(run.model):  # every rank evaluates (the same), rank 0 reports
+        warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples)
+                     for s, p in splits.items()}
     log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
         ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
     return warm_eval
@@ -235,6 +293,11 @@ def _count_bad(run: Run, result: dict, num_bad: int, step: int, log) -> int:
 
 
 def _trainer_state(run: Run, step: int, num_bad: int, warm_eval: dict) -> dict:
+    """What a checkpoint holds besides the weights; sharded, the optimizer state and each rank's
+    RNG state are saved beside it (`ckpt.save_sharded_checkpoint`)."""
+    if run.world.is_distributed:
+        return {"step": step, "scheduler": run.scheduler.state_dict(), "num_bad_steps": num_bad,
+                "warm_start_eval": warm_eval, "config": run.config.to_dict(), "world_size": run.world.size}
     state = {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "rng": ckpt.rng_state(), "num_bad_steps": num_bad, "warm_start_eval": warm_eval,
              "config": run.config.to_dict()}
@@ -249,15 +312,17 @@ def _summary(run: Run, splits: dict[str, list[Problem]], warm_eval: dict) -> dic
     if splits:
         run.model.eval()
         summary["warm_start"] = warm_eval
-        summary["eval"] = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1) for s, p in splits.items()}
+        with distributed.full_weights(run.model):
+            summary["eval"] = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1) for s, p in splits.items()}
     return summary
 
 
 # ----------------------------------------------------------------------------- one step
 def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     """Sample, grade, advantages, update: one RL^V step. Returns (metrics, update result)."""
-    config, sampler = run.config, run.sampler
+    config, sampler, world = run.config, run.sampler, run.world
     t0 = time.perf_counter()
+    batch, first = distributed.local_slice(world, batch)  # this rank's whole groups
     prompts = [format_prompt(run.tokenizer, p.problem) for p in batch]
     run.model.eval()
     params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
@@ -265,17 +330,27 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     # P("Yes") of every sample before the update: with the verifier in the update (lambda > 0) its
     # first forward gives it (same rows, same weights); the base method asks the sampler for it
     in_update = config.verifier_coef > 0
-    outputs = sampler.generate(prompts, params, score=not in_update)
+    with distributed.full_weights(run.model):  # sharded: every rank samples on the whole weights
+        outputs = sampler.generate(prompts, params, score=not in_update)
     completions = [c for o in outputs for c in o.completions]
     t1 = time.perf_counter()
     rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
     t2 = time.perf_counter()
-    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id)
+    whole = None
+    if world.is_distributed:  # the loss weights are normalized over every rank's samples
+        whole = WholeBatch(world.gather(rewards, "gathering the rewards"),
+                           world.gather([len(c.token_ids) for c in completions], "gathering the lengths"),
+                           first * config.group_size)
+    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole)
     run.model.train()
     result = update(run, samples)
     p_yes = result.pop("p_yes")
     t3 = time.perf_counter()
 
+    if world.is_distributed:  # the metrics of the whole step (rank order: the one-process order)
+        rewards, completions = whole.rewards, world.gather(completions, "gathering the completions")
+        p_yes = world.gather(p_yes, "gathering P(Yes)")
+        num_timeouts, num_errors = (int(x) for x in world.sum([num_timeouts, num_errors], "summing grader counts"))
     metrics = {"step": step + 1, **rollout_metrics(rewards, completions, config.group_size), **result,
                **verifier_step_metrics(p_yes if in_update else [c.score for c in completions], rewards)}
     metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
@@ -303,6 +378,8 @@ def update(run: Run, samples: list[Sample]) -> dict:
     else:
         inputs = [(None, r) for r in rows]
     num_tokens = sum(int(r.policy_targets.numel()) for r in rows)
+    if run.world.is_distributed:
+        num_tokens = int(run.world.sum([num_tokens], "summing the token count")[0])
     p_yes = []
     for epoch in range(config.ppo_epochs):
         totals, loss_sum, grad_norm = _backward(run, inputs, p_yes if epoch == 0 and config.verifier_coef > 0 else None)
@@ -322,22 +399,18 @@ def update(run: Run, samples: list[Sample]) -> dict:
 
 def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple[dict, float, float]:
     """Gradients of the loss over every micro-batch, clipped: (sums of the loss parts, loss sum,
-    grad norm). Appends each sample's P("Yes") to `p_yes` unless it is None."""
+    grad norm), over every rank's samples under torchrun. Appends each sample's P("Yes") to
+    `p_yes` unless it is None."""
     run.optimizer.zero_grad(set_to_none=True)
-    weight = heads.lm_head_weight(run.model)
     totals, loss_sum = dict.fromkeys(LOSS_PARTS, 0.0), 0.0
     for read, r in inputs:
         with precision.autocast(run.device, run.config.dtype):
-            if read is None:
-                trunk_out = run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask)
-                hidden = trunk_out.last_hidden_state  # (B, T, H)
-            else:
-                hidden = train_forward.read_hidden(run.model, r.input_ids, *read,
-                                                   checkpoint=run.config.gradient_checkpointing)  # (N + B, H)
+            hidden = _hidden(run, read, r)
+            weight = heads.lm_head_weight(run.model)  # sharded: the root's gathered weight, after its forward
             out = rlv_loss(hidden, weight, r, run.loss_config)
-        out.loss.backward()
-        if p_yes is not None:
+        if p_yes is not None:  # before the backward, after which FSDP2 frees the gathered weight
             p_yes += heads.p_yes(hidden, weight, r.verifier_index, (run.sampler.yes_id, run.sampler.no_id))
+        out.loss.backward()
         loss_sum += float(out.loss.detach())
         totals["policy_loss"] += float(out.policy_loss)
         totals["verifier_loss"] += float(out.verifier_loss)
@@ -346,8 +419,25 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
         totals["logprob_gap"] += float((out.logprobs - r.old_logprobs).abs().sum())
     if run.master is not None:
         run.master.take_grads()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.step_params, run.config.max_grad_norm))
-    return totals, loss_sum, grad_norm
+    if not run.world.is_distributed:
+        return totals, loss_sum, float(torch.nn.utils.clip_grad_norm_(run.step_params, run.config.max_grad_norm))
+    sums = run.world.sum([loss_sum, *totals.values()], "summing the loss")
+    grad_norm = distributed.clip_grad_norm(run.step_params, run.config.max_grad_norm)
+    return dict(zip(LOSS_PARTS, sums[1:])), sums[0], grad_norm
+
+
+def _hidden(run: Run, read: tuple | None, r) -> torch.Tensor:
+    """The final-norm hidden states the loss reads: (N + B, H) from the packed forward (`read`),
+    else (B, T, H) from HF's trunk; sharded, from the model's own forward, whose FSDP2 hooks
+    gather the weights and reduce-scatter the gradients (logits of the last position only)."""
+    if run.world.is_distributed:
+        out = run.model(input_ids=r.input_ids, attention_mask=r.attention_mask, logits_to_keep=1,
+                        output_hidden_states=True)
+        return out.hidden_states[-1]  # (B, T, H), after the final norm
+    if read is None:
+        return run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
+    return train_forward.read_hidden(run.model, r.input_ids, *read,
+                                     checkpoint=run.config.gradient_checkpointing)  # (N + B, H)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -356,15 +446,26 @@ def _save_checkpoint(run: Run, step: int, trainer_state: dict, log) -> None:
     in memory) and the next checkpoint retries; OUT/latest still names the last complete one."""
     out = Path(run.config.out)
     try:
+        if run.world.is_distributed:  # DCP: each rank writes its shards
+            ckpt.save_sharded_checkpoint(out, step, (run.model, run.optimizer), trainer_state, run.config.keep_last,
+                                         run.world)
+            return
         saved = run.adapter if run.adapter is not None else run.model  # a PeftModel saves its adapter alone
         ckpt.save_checkpoint(out, step, saved, run.tokenizer, trainer_state, run.config.keep_last)
     except ckpt.CheckpointError as e:
         log(f"step {step}: checkpoint not written: {e}; training continues; the next checkpoint retries")
 
 
-def _save_final(out: Path, model, tokenizer, metrics_path: Path) -> None:
+def _save_final(run: Run, metrics_path: Path) -> None:
+    """OUT/final; sharded: the weights gathered on rank 0, saved through a plain model of the same
+    architecture (a Hugging Face directory as in one process)."""
+    out = Path(run.config.out)
     try:
-        ckpt.save_final(out, model, tokenizer)
+        if run.world.is_distributed:
+            ckpt.save_final_gathered(out, run.model, run.tokenizer, lambda: setup.plain_model(run.config, _quiet),
+                                     run.world)
+        else:
+            ckpt.save_final(out, run.model, run.tokenizer)
     except ckpt.CheckpointError as e:
         last = ckpt.read_marker(out)
         raise TrainingError(f"the final model was not written ({e}); the last complete checkpoint is "
@@ -376,7 +477,7 @@ def _main(argv: list[str] | None) -> int:
     config = parse_config(argv, saved_config=setup.saved_config)
     try:
         train(config)
-    except (TrainingError, ckpt.CheckpointError) as e:
+    except (TrainingError, ckpt.CheckpointError, distributed.DistributedError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,8 @@
 step only, so a resumed run samples the same); `score_rollouts` grades the completions (the
 time-limited grader, or a custom reward function whose output is checked here); `to_samples`
 turns them into the loss's `Sample`s (advantages, token and label weights from
-`rlvfast.train.loss`); `rollout_metrics` and `verifier_step_metrics` are their metrics.jsonl
+`rlvfast.train.loss`, normalized over the whole step's batch: a `WholeBatch` when the batch is
+split over ranks); `rollout_metrics` and `verifier_step_metrics` are their metrics.jsonl
 columns. Not here: sampling itself (the Sampler), the loss math (`rlvfast.train.loss`), the update.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -69,19 +71,33 @@ def _checked_rewards(rewards, num_completions: int, name: str) -> list[float | N
     return out
 
 
-def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id: int, no_id: int) -> list[Sample]:
+@dataclass(frozen=True, slots=True)
+class WholeBatch:
+    """The whole step's rewards and completion lengths over all ranks (rank order: the one-process
+    batch), and where this rank's completions start in it: the loss weights are normalized over
+    the whole batch, so each rank's samples weigh what they weigh in one process."""
+    rewards: list[float | None]
+    lengths: list[int]
+    start: int
+
+
+def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id: int, no_id: int,
+               whole: WholeBatch | None = None) -> list[Sample]:
     """One `Sample` per completion, in order: its ids and old log-probs as sampled, its group-relative
-    advantage, its token weight (`config.loss_agg`) and its verifier label and weight."""
+    advantage, its token weight (`config.loss_agg`) and its verifier label and weight, normalized
+    over `whole` (default: these completions are the whole batch)."""
     completions = [c for o in outputs for c in o.completions]
-    advantages, is_valid = compute_advantages(rewards, config.group_size, config.algo)  # (B,), (B,)
-    lengths = torch.tensor([len(c.token_ids) for c in completions])  # (B,)
-    token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (B,)
-    labels = verifier_labels(rewards, yes_id, no_id)
-    is_yes = torch.tensor([label == yes_id for label in labels]) if config.verifier_agg == "balanced" else None  # (B,)
-    label_weights = verifier_label_weights(is_valid, is_yes)  # (B,)
+    if whole is None:
+        whole = WholeBatch(rewards, [len(c.token_ids) for c in completions], 0)
+    advantages, is_valid = compute_advantages(whole.rewards, config.group_size, config.algo)  # (W,), (W,)
+    lengths = torch.tensor(whole.lengths)  # (W,)
+    token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (W,)
+    labels = verifier_labels(whole.rewards, yes_id, no_id)
+    is_yes = torch.tensor([label == yes_id for label in labels]) if config.verifier_agg == "balanced" else None  # (W,)
+    label_weights = verifier_label_weights(is_valid, is_yes)  # (W,)
     return [Sample(list(o.prompt_token_ids), list(c.token_ids), c.logprobs, float(advantages[i]),
                    float(token_weights[i]), labels[i], float(label_weights[i]))
-            for i, (o, c) in enumerate((o, c) for o in outputs for c in o.completions)]
+            for i, (o, c) in enumerate(((o, c) for o in outputs for c in o.completions), start=whole.start)]
 
 
 def rollout_metrics(rewards: list[float | None], completions, group_size: int) -> dict:

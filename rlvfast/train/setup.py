@@ -126,6 +126,31 @@ def start_path(config: TrainConfig, log) -> str:
     return config.model
 
 
+def plain_model(config: TrainConfig, log) -> torch.nn.Module:
+    """The run's architecture on the CPU, unsharded, in --dtype's weights (its start's weights): rank 0
+    loads the gathered weights into it to write OUT/final under torchrun."""
+    from rlvfast.models import load_model
+
+    model, _ = load_model(start_path(config, log), device=torch.device("cpu"))
+    return model.to(precision.weight_dtype(config.dtype))
+
+
+def check_distributed(config: TrainConfig, world) -> None:
+    """The options torchrun runs (`rlvfast.train.distributed`); a UserError naming the others."""
+    from rlvfast.train.distributed import check_divides
+
+    check_divides(world, config.prompts_per_step)
+    if config.is_comparison:
+        raise UserError("--compare trains the base method and RL^V one after the other in one process; under "
+                        "torchrun pass --no-compare (and train the base method with --verifier-coef 0 if wanted)")
+    if config.lora_r:
+        raise UserError(f"--lora-r {config.lora_r}: LoRA is not supported under torchrun (FSDP2) yet; train "
+                        f"every weight (--lora-r 0) or run in one process")
+    if config.dtype == "bf16":
+        raise UserError("--dtype bf16 (bf16 weights, float32 master copies) is not supported under torchrun; "
+                        "--dtype auto shards float32 weights and computes in bf16 on GPUs (FSDP2 mixed precision)")
+
+
 def make_optimizer(params, config: TrainConfig):
     """(AdamW over `params`, its schedule: linear warmup over `config.warmup` steps, then constant or
     a cosine decay to 10% of the peak at the last step, `config.lr_schedule`)."""
@@ -172,7 +197,8 @@ def resume_state(config: TrainConfig) -> tuple[Path, dict]:
 def restore(optimizer, scheduler, state: dict) -> tuple[int, int, dict]:
     """Put a checkpoint's optimizer, schedule and RNG state back; returns (step, number of
     skipped steps in a row, the warm start's evaluation) to go on from."""
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:  # None: put back already (a sharded model's, `ckpt.load_full_optimizer`)
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     ckpt.set_rng_state(state["rng"])
     return state["step"], state["num_bad_steps"], state.get("warm_start_eval", {})
