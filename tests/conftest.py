@@ -115,3 +115,16 @@ def offline_hub_env(hf_home: Path) -> dict[str, str]:
     """os.environ for a child process that reads the hub only from the cache under hf_home.
     huggingface_hub reads these when it is imported, so they work only in a fresh process."""
     return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub"), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): on the shared
+    2-core machine, two OpenMP threads that get descheduled make a small matmul ~6x slower
+    (measured, docs/design/sampler.md, "Threads"); values are the same."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

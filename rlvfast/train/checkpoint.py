@@ -163,13 +163,7 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, tokenizer, trainer
     root = out / CHECKPOINTS
     name, tmp, stage = f"step-{step:06d}", None, f"creating {root}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        clean_stale(out)
-        suffix = 0
-        while (root / name).exists():  # never overwrite a directory the marker may name
-            suffix += 1
-            name = f"step-{step:06d}.{suffix}"
-        tmp = make_temp_dir(f".tmp-{name}-", root)
+        name, tmp = _start_dir(out, step)
         stage = f"writing {tmp}"
         _write_model_dir(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / STATE_FILE)
@@ -189,6 +183,20 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, tokenizer, trainer
             shutil.rmtree(tmp, ignore_errors=True)
     _prune(root, keep=name, keep_last=keep_last)
     return root / name
+
+
+def _start_dir(out: Path, step: int) -> tuple[str, Path]:
+    """(the new checkpoint's name, the hidden temporary directory it is written into), after
+    clearing what crashed writes left; a name already on disk gets a suffix (`step-NNNNNN.1`):
+    a directory the marker may name is never overwritten."""
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
+    name, suffix = f"step-{step:06d}", 0
+    while (root / name).exists():
+        suffix += 1
+        name = f"step-{step:06d}.{suffix}"
+    return name, make_temp_dir(f".tmp-{name}-", root)
 
 
 def _prune(root: Path, keep: str, keep_last: int) -> None:
@@ -325,13 +333,7 @@ def _begin_sharded(out: Path, step: int, world) -> tuple[str, Path]:
     name, tmp, error = f"step-{step:06d}", None, None
     if world.is_main:
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            clean_stale(out)
-            suffix = 0
-            while (root / name).exists():  # never overwrite a directory the marker may name
-                suffix += 1
-                name = f"step-{step:06d}.{suffix}"
-            tmp = make_temp_dir(f".tmp-{name}-", root)
+            name, tmp = _start_dir(out, step)
         except Exception as e:
             error = (f"checkpoint {name} not saved: creating its directory in {root} failed: {type(e).__name__}: "
                      f"{e}; the last complete checkpoint is {_last_complete(out)}")

@@ -9,15 +9,9 @@ from rlvfast import Sampler, SamplingParams
 from rlvfast.sampler import format_prompt
 from rlvfast.sampler.kv_cache import KVCache
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY_PROMPTS = ["Compute 1+2.\n", "Compute 7-1+8-2+9.\n"]  # different lengths: ragged prefill rows
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fast_trunk", "hf_trunk"])

@@ -11,18 +11,9 @@ from rlvfast import Completion, RequestOutput, Sampler, SamplingParams
 from rlvfast.sampler import build_verify_prompt, format_prompt
 from rlvfast.sampler.prompts import PLAIN_VERIFY_PROMPT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 TINY_PROMPTS = ["Compute 1+2.\n", "Compute 33+4-5.\n", "Compute 7-1+8-2+9.\n"]  # different lengths
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine, two OpenMP threads that get
-    descheduled make a small matmul ~6x slower (measured, docs/design/sampler.md,
-    "Threads"); values are the same."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def force_eos(monkeypatch, eos_id: int, rate: float, first_row_eos: bool = True, seed: int = 0):
