@@ -4,7 +4,11 @@ Old log-probs are built as logprobs - offset so each token's ratio r = exp(offse
 where we want it: inside the clip band, below it, or above it, with advantages of both
 signs, so every branch of the clipped loss and of its gradient is hit. Chunk size 4 rows.
 """
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,3 +307,48 @@ def test_bad_variant_inputs_name_the_value(bad, match):
     args = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(ValueError, match=match):
         ops.policy_loss(**args)
+
+
+# The two-pass variants keep the fused ops' memory promise: peak resident memory of one GSPO forward +
+# backward in a fresh process (as tests/ops/test_ops_memory.py measures the one-pass ops). Float32
+# logits would take 512 MiB; the C++ path holds one auto-sized [chunk, V] buffer (128 MiB) plus
+# grad_weight and the test's weight clone (16 MiB each); the reference, measured the same way, must
+# exceed the logits' size. Measured here: cpp 144 MiB, reference 2.5 GiB.
+MEM_N, MEM_H, MEM_V = 1024, 32, 131072
+MEM_SCRIPT = f"""
+import gc, json, torch
+import rlvfast.ops as ops
+torch.manual_seed(0)
+N, H, V = {MEM_N}, {MEM_H}, {MEM_V}
+hidden, weight = torch.randn(N, H), torch.randn(V, H) * 0.2
+targets, segments = torch.randint(0, V, (N,)), torch.arange(N) // 100
+per_token = (torch.full((N,), -12.0), torch.randn(N), torch.ones(N) / N)
+
+def kib(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+def peak(backend):
+    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+    base = kib("VmRSS")
+    ops.policy_loss(h, w, targets, *per_token, backend=backend, loss_type="gspo", segment_ids=segments)[0].backward()
+    return (kib("VmHWM") - base) * 1024
+
+peak("cpp")  # warm-up: first-call allocations (MKL buffers, thread pools)
+print(json.dumps({{"cpp": peak("cpp"), "reference": peak("reference")}}))
+"""
+
+
+@CPU_ONLY
+@pytest.mark.skipif("cpp" not in ops.available_backends("cpu"), reason="rlvfast._C is not built")
+def test_gspo_two_pass_never_holds_the_logits():
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS counter")
+    out = subprocess.run([sys.executable, "-c", MEM_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    logits_bytes = MEM_N * MEM_V * 4
+    mib = {k: round(v / 2**20, 1) for k, v in peaks.items()}
+    assert peaks["reference"] > logits_bytes, mib  # the measurement sees [N, V]
+    assert peaks["cpp"] < logits_bytes / 2, mib
