@@ -10,6 +10,8 @@ spec), csrc/ (C++/CUDA) and kernels/ (Triton).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlvfast import _ext
@@ -194,11 +196,11 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     cispo (detached clipped weight times lp); delta: TRL's cap on the unclipped ratio.
     Gradients flow to hidden and weight only.
 
-    Plain ppo runs the one-pass fused op (gradients in the forward, three GEMMs a chunk). The
-    other variants need each sequence's ratio before any token's gradient, so they run two
-    fused passes around a tiny [N] reduction: token_logprobs' forward (LSE and log-probs),
-    the loss of the [N] log-probs in PyTorch, and token_logprobs' backward (one GEMM to
-    recompute each chunk's logits, two for the gradients); never [N, V] either way.
+    ppo and cispo (token-level, with or without delta) run the one-pass fused op (gradients in
+    the forward, three GEMMs a chunk). gspo needs each sequence's ratio before any token's
+    gradient, so it runs two fused passes around a tiny [N] reduction: token_logprobs' forward
+    (LSE and log-probs), the loss of the [N] log-probs in PyTorch, and token_logprobs' backward
+    (one GEMM to recompute each chunk's logits, two for the gradients); never [N, V] either way.
     """
     op = "policy_loss"
     _check_lm_head(op, hidden, weight)
@@ -211,21 +213,23 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
         if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
             raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
     _check_loss_variant(op, loss_type, delta, clip_high, segment_ids, num_rows)
-    if loss_type != "ppo" or delta is not None:
+    if loss_type == "gspo":
         return _two_pass_policy_loss(hidden, weight, targets, (old_logprobs, advantages, weights, segment_ids),
                                      dict(clip_low=clip_low, clip_high=clip_high, loss_type=loss_type,
                                           delta=delta), temperature, backend)
     backend = resolve_backend(backend, hidden.device, op)
+    variant = dict(delta=math.inf if delta is None else float(delta), is_cispo=loss_type == "cispo")
     if backend == "cpp":
         batch = TokenBatch(targets.long(), old_logprobs, advantages, weights)
-        cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high))
+        cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high),
+                          **variant)
         return cpp.policy_loss(hidden, weight, batch, cfg)
     if backend == "triton":
         from rlvfast.kernels.policy_loss import policy_loss as triton_policy_loss
         return triton_policy_loss(hidden, weight, targets.long(), old_logprobs, advantages, weights,
-                                  float(clip_low), float(clip_high), float(temperature))
+                                  float(clip_low), float(clip_high), float(temperature), **variant)
     return reference.policy_loss(hidden, weight, targets, old_logprobs, advantages, weights,
-                                 clip_low, clip_high, temperature)
+                                 clip_low, clip_high, temperature, loss_type, delta)
 
 
 def _two_pass_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

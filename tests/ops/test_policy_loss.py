@@ -290,6 +290,33 @@ def test_variants_match_float64_reference(backend, loss_type, delta, dtype, atol
         torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("loss_type,delta", [("cispo", None), ("ppo", 1.4)])
+def test_one_pass_variants_across_chunks(backend, loss_type, delta):
+    # cispo and delta are token-local: the one-pass kernels' epilogue, here over 3 chunks of 4 rows
+    # (10 tokens: every ratio placement with both advantage signs)
+    n = 2 * CHUNK + 2
+    hidden, weight, targets, old, adv, weights = _inputs(n, 33, 517, torch.float64, 0.7, seed=4)
+    is_cispo, cap = loss_type == "cispo", math.inf if delta is None else delta
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    if backend == "cpp":
+        from rlvfast.ops import cpp
+        cfg = FusedConfig(temperature=0.7, clip_low=CLIP_LOW, clip_high=CLIP_HIGH, chunk_rows=CHUNK, delta=cap,
+                          is_cispo=is_cispo)
+        loss, _ = cpp.policy_loss(hidden, weight, TokenBatch(targets, old, adv, weights), cfg)
+    else:
+        from rlvfast.kernels.policy_loss import policy_loss
+        loss, _ = policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7,
+                              chunk_rows=CHUNK, delta=cap, is_cispo=is_cispo)
+    got = (loss, *torch.autograd.grad(loss, (hidden, weight)))
+    want_loss, _ = reference.policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7,
+                                         loss_type, delta)
+    want = (want_loss, *torch.autograd.grad(want_loss, (hidden, weight)))
+    for name, g, w in zip(("loss", "grad_hidden", "grad_weight"), got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(loss_type="grpo"), "loss_type must be one of ppo, gspo, cispo, got 'grpo'"),
     (dict(loss_type="gspo"), r"loss_type='gspo' needs segment_ids \[N=3\]"),
