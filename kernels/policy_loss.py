@@ -8,10 +8,12 @@ are data), or normalize (weights carry the mask and any 1/num_tokens factor).
 
 Math (per row n; logits z = h W^T / T; lse and lp as in token_logprobs.py):
     r   = exp(lp - old)
-    l   = -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A)
+    l   = -min(min(r, delta) A, clip(r, 1 - clip_low, 1 + clip_high) A)     (delta = inf: no cap)
     loss = sum_n w_n l_n
-    d loss / d lp = -w A r   where the unclipped term is the min (r A <= clip(r) A),
-                    0        where the clipped one is (it is constant in r there)
+    d loss / d lp = -w A r   where the unclipped term is the min (r A <= clip(r) A) and r <= delta,
+                    0        elsewhere (the loss is constant in r there)
+  or, CISPO (is_cispo): l = -sg(min(r, 1 + clip_high)) A lp, d loss / d lp = -w A min(r, 1 + clip_high).
+GSPO's sequence ratio is not here: it needs every token's lp first (rlvfast.ops runs two passes).
     G_j = d loss / d lp * (onehot_j - p_j) / T              (d loss / d (h W^T))
 One Triton program per row of a [C, V] logit chunk: pass 1 streams the LSE, then this
 epilogue, then pass 2 overwrites the chunk with G; two GEMMs turn G into grad_h and grad_W.
@@ -19,6 +21,7 @@ Three GEMMs per chunk in all, the minimum for a forward + backward through the l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +34,7 @@ from rlvfast.kernels.token_logprobs import (
 
 
 # ----------------------------------------------------------------------------- kernel
-@triton.jit
+@triton.jit(do_not_specialize=["is_cispo"])  # a runtime flag, not a variant of its own
 def _policy_loss_kernel(
     logits_ptr,  # [C, V] unscaled logits h @ W^T of this chunk (fp32/fp64), row stride stride_row
     grad_logits_ptr,  # [C, V] out: G = d loss / d (h W^T); may alias logits_ptr; unused if not HAS_GRAD
@@ -45,6 +48,8 @@ def _policy_loss_kernel(
     n_cols,  # V
     clip_low,
     clip_high,
+    delta,  # cap of the unclipped ratio (TRL's two-sided clip); inf: none
+    is_cispo,  # 1: CISPO's detached capped weight times lp; 0: the PPO clip
     temperature,
     HAS_GRAD: tl.constexpr,  # write G (False: loss-only forward, e.g. under no_grad)
     BLOCK_V: tl.constexpr,
@@ -56,13 +61,17 @@ def _policy_loss_kernel(
     adv = tl.load(advantages_ptr + row).to(ACC)
     w = tl.load(weights_ptr + row).to(ACC)
     ratio = tl.exp(lp - tl.load(old_logprobs_ptr + row).to(ACC))
-    clipped = tl.minimum(tl.maximum(ratio, 1.0 - tl.cast(clip_low, ACC)), 1.0 + tl.cast(clip_high, ACC))
-    unclipped_term = ratio * adv
+    high = 1.0 + tl.cast(clip_high, ACC)
+    clipped = tl.minimum(tl.maximum(ratio, 1.0 - tl.cast(clip_low, ACC)), high)
+    unclipped_term = tl.minimum(ratio, tl.cast(delta, ACC)) * adv
     clipped_term = clipped * adv
+    is_weight = tl.minimum(ratio, high)  # CISPO's, detached
+    loss = tl.where(is_cispo != 0, -w * is_weight * adv * lp, -w * tl.minimum(unclipped_term, clipped_term))
     tl.store(logprobs_ptr + row, lp)
-    tl.store(loss_ptr + row, -w * tl.minimum(unclipped_term, clipped_term))
+    tl.store(loss_ptr + row, loss)
     if HAS_GRAD:
-        d_lp = tl.where(unclipped_term <= clipped_term, -w * unclipped_term, 0.0)
+        is_unclipped = (unclipped_term <= clipped_term) & (ratio <= tl.cast(delta, ACC))
+        d_lp = tl.where(is_cispo != 0, -w * is_weight * adv, tl.where(is_unclipped, -w * ratio * adv, 0.0))
         _write_row_grad(row_ptr, grad_logits_ptr + row * stride_row, n_cols, target, lse, -d_lp, d_lp,
                         inv_t, BLOCK_V, ACC)
 
@@ -88,7 +97,7 @@ def policy_loss_forward(ops: LmHeadOperands, targets: torch.Tensor, old_logprobs
         _policy_loss_kernel[(logits.shape[0],)](
             logits, grad_logits, targets[rows], old_logprobs[rows], advantages[rows], weights[rows],
             logprobs[rows], row_loss[rows], logits.stride(0), num_cols,
-            cfg.clip_low, cfg.clip_high, cfg.temperature,
+            cfg.clip_low, cfg.clip_high, cfg.delta, int(cfg.is_cispo), cfg.temperature,
             HAS_GRAD=has_grad, BLOCK_V=launch.block_v, ACC=acc_dtype(ops.compute_dtype),
             num_warps=launch.num_warps)
         if has_grad:
@@ -111,12 +120,17 @@ class PolicyLossConfig:
     clip_high: float = 0.2
     temperature: float = 1.0
     chunk_rows: int | None = None  # rows per logit chunk; None: CHUNK_ELEMS // V
+    delta: float = math.inf  # cap of the unclipped ratio (TRL's delta); inf = none
+    is_cispo: bool = False  # CISPO's detached capped weight times lp instead of the PPO clip
 
     def __post_init__(self):
         if not self.clip_low >= 0:
             raise ValueError(f"PolicyLossConfig.clip_low must be >= 0, got {self.clip_low!r}")
         if not self.clip_high >= 0:
             raise ValueError(f"PolicyLossConfig.clip_high must be >= 0, got {self.clip_high!r}")
+        if not self.delta > 1.0 + self.clip_high:
+            raise ValueError(f"PolicyLossConfig.delta must be > 1 + clip_high = {1.0 + self.clip_high} "
+                             f"(inf: no cap), got {self.delta!r}")
         check_head_config(self, "chunk_rows")
 
 
@@ -152,14 +166,17 @@ class PolicyLossFunction(torch.autograd.Function):
 def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.2, temperature: float = 1.0,
-                *, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                *, chunk_rows: int | None = None, delta: float = math.inf,
+                is_cispo: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped policy loss sum_n weights_n * l_n and the detached logprobs [N].
 
     hidden [N, H], weight [V, H], targets/old_logprobs/advantages/weights [N]. The loss is
     fp32 (fp64 when hidden and weight are fp64); gradients go to hidden and weight only.
-    chunk_rows overrides the rows per logit chunk (tests use it to cross chunk edges).
+    chunk_rows overrides the rows per logit chunk (tests use it to cross chunk edges); delta and
+    is_cispo pick the variant (module docstring).
     """
-    cfg = PolicyLossConfig(float(clip_low), float(clip_high), float(temperature), chunk_rows)
+    cfg = PolicyLossConfig(float(clip_low), float(clip_high), float(temperature), chunk_rows, float(delta),
+                           bool(is_cispo))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return PolicyLossFunction.apply(hidden, weight, targets, old_logprobs, advantages, weights, cfg)
     # No graph to build (e.g. under no_grad): the loss-only kernel, no gradient pass or GEMMs.

@@ -1,7 +1,10 @@
 // Fused clipped policy-gradient loss on the CPU, gradients precomputed in the forward.
 //
 //   lp_i = log_softmax(hidden @ weight^T / T)[i, target_i],  r_i = exp(lp_i - old_i)
-//   loss = sum_i w_i * -min(r_i A_i, clip(r_i, 1 - clip_low, 1 + clip_high) A_i)
+//   loss = sum_i w_i * -min(min(r_i, delta) A_i, clip(r_i, 1 - clip_low, 1 + clip_high) A_i)
+//   or, for CISPO (is_cispo), sum_i w_i * -sg(min(r_i, 1 + clip_high)) A_i lp_i
+// (delta = +inf: no cap; the token-level members of rlvfast.ops.reference.clipped_token_loss;
+// GSPO's sequence ratio needs every token's log-prob first: rlvfast.ops runs it in two passes).
 //
 // The loss is a scalar, so d loss / d logits is known in the forward (Liger-style): per
 // chunk of rows, GEMM 1 gives the logits into a reused [chunk, V] buffer; one fused row
@@ -26,18 +29,25 @@ namespace {
 
 struct ClipBand {
   double low, high;  // ratio band [1 - clip_low, 1 + clip_high]
+  double delta;      // cap of the unclipped ratio (TRL's two-sided clip); +inf = none
+  bool is_cispo;     // CISPO: -sg(min(r, high)) A lp instead of the PPO clip
 };
 
-// Per-token -min(r A, clip(r) A) and its derivative with respect to the log-prob, with
-// PyTorch's autograd conventions at ties (clamp passes the gradient on the band edges).
+// Per-token loss and its derivative with respect to the log-prob, with PyTorch's autograd
+// conventions at ties (clamp passes the gradient on the band edges and at r = delta).
 inline std::pair<double, double> clipped_loss_and_grad(double lp, double old_lp, double adv,
                                                        ClipBand band) {
   const double ratio = std::exp(lp - old_lp);
+  if (band.is_cispo) {
+    const double is_weight = std::min(ratio, band.high);  // detached: no d/d lp through it
+    return {-is_weight * adv * lp, -is_weight * adv};
+  }
   const double clipped = std::min(std::max(ratio, band.low), band.high);
-  const double unclipped_term = ratio * adv, clipped_term = clipped * adv;
+  const double unclipped_term = std::min(ratio, band.delta) * adv, clipped_term = clipped * adv;
   const double loss = -std::min(unclipped_term, clipped_term);
   const bool in_band = ratio >= band.low && ratio <= band.high;
-  const double grad = (unclipped_term < clipped_term || in_band) ? -unclipped_term : 0.0;
+  const bool is_unclipped = ratio <= band.delta && (unclipped_term < clipped_term || in_band);
+  const double grad = is_unclipped ? -ratio * adv : 0.0;
   return {loss, grad};
 }
 
@@ -76,8 +86,8 @@ void grad_gemms(at::Tensor& grads, const at::Tensor& hidden_chunk, const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
     const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
     const at::Tensor& old_logprobs, const at::Tensor& advantages, const at::Tensor& weights,
-    double clip_low, double clip_high, double temperature, int64_t chunk_rows,
-    bool need_grad_hidden, bool need_grad_weight) {
+    double clip_low, double clip_high, double delta, bool is_cispo, double temperature,
+    int64_t chunk_rows, bool need_grad_hidden, bool need_grad_weight) {
   check_lm_head(hidden, weight);
   const int64_t num_rows = hidden.size(0);
   for (const auto* v : {&targets, &old_logprobs, &advantages, &weights}) {
@@ -86,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
   }
   TORCH_CHECK(temperature > 0.0, "temperature must be > 0, got ", temperature);
   TORCH_CHECK(clip_low >= 0.0 && clip_high >= 0.0, "clip_low and clip_high must be >= 0");
+  TORCH_CHECK(delta > 1.0 + clip_high, "delta must be > 1 + clip_high (+inf: no cap), got ", delta);
   const auto ct = compute_dtype(hidden, weight);
   const auto h = hidden.to(ct).contiguous();  // (N, H)
   const auto w = weight.to(ct).contiguous();  // (V, H)
@@ -101,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_fwd_cpu(
   auto grad_w = need_grad_weight ? at::zeros({vocab, dim}, h.options()) : at::empty({0}, h.options());
   const int64_t chunk = resolve_chunk_rows(chunk_rows, num_rows, vocab, h.element_size());
   const double inv_t = 1.0 / temperature;
-  const ClipBand band{1.0 - clip_low, 1.0 + clip_high};
+  const ClipBand band{1.0 - clip_low, 1.0 + clip_high, delta, is_cispo};
   std::vector<char> has_grad(chunk);  // per row of the chunk: nonzero d loss / d lp
   const int64_t* tp = t.data_ptr<int64_t>();
   const double* oldp = old_d.data_ptr<double>();
@@ -153,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor> policy_loss_bwd_cpu(const at::Tensor& grad_lo
 
 TORCH_LIBRARY_FRAGMENT(rlvfast, m) {
   m.def("policy_loss_fwd(Tensor hidden, Tensor weight, Tensor targets, Tensor old_logprobs, "
-        "Tensor advantages, Tensor weights, float clip_low, float clip_high, float temperature, "
+        "Tensor advantages, Tensor weights, float clip_low, float clip_high, float delta, "
+        "bool is_cispo, float temperature, "
         "int chunk_rows, bool need_grad_hidden, bool need_grad_weight) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("policy_loss_bwd(Tensor grad_loss, Tensor grad_hidden, Tensor grad_weight, "

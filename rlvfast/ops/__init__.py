@@ -10,6 +10,8 @@ spec), csrc/ (C++/CUDA) and kernels/ (Triton).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlvfast import _ext
@@ -159,14 +161,46 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return reference.token_logprobs(hidden, weight, targets, temperature)
 
 
+def _check_loss_variant(op: str, loss_type: str, delta: float | None, clip_high: float,
+                        segment_ids: torch.Tensor | None, num_rows: int) -> None:
+    if loss_type not in reference.LOSS_TYPES:
+        raise ValueError(f"{op}: loss_type must be one of {', '.join(reference.LOSS_TYPES)}, got {loss_type!r}")
+    if delta is not None:
+        if loss_type == "cispo":
+            raise ValueError(f"{op}: delta={delta!r} caps the PPO ratio; cispo has no use for it (pass None)")
+        if not (isinstance(delta, (int, float)) and 1.0 + clip_high < delta < float("inf")):
+            raise ValueError(f"{op}: delta must be a finite number > 1 + clip_high = {1.0 + clip_high} "
+                             f"(TRL recommends it; the cap then acts on A < 0 only), got {delta!r}")
+    if loss_type != "gspo":
+        return
+    if segment_ids is None:
+        raise ValueError(f"{op}: loss_type='gspo' needs segment_ids [N={num_rows}] (the sequence of each token)")
+    if segment_ids.dim() != 1 or segment_ids.shape[0] != num_rows:
+        raise ValueError(f"{op}: segment_ids must be [N={num_rows}], got shape {tuple(segment_ids.shape)}")
+    if segment_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{op}: segment_ids must be int64 (or int32), got {segment_ids.dtype}")
+    if num_rows and int(segment_ids.min()) < 0:
+        i = int((segment_ids < 0).nonzero()[0])
+        raise ValueError(f"{op}: segment id at index {i} is {int(segment_ids[i])} (must be >= 0)")
+
+
 def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.2, temperature: float = 1.0,
-                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped policy loss sum_i weights_i * -min(r_i A_i, clip(r_i) A_i) and the detached log-probs.
+                backend: str = "auto", *, loss_type: str = "ppo", delta: float | None = None,
+                segment_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy loss sum_i weights_i * l_i (reference.clipped_token_loss) and the detached log-probs.
 
-    old_logprobs, advantages, weights: [N]; r_i = exp(logprob_i - old_logprob_i), clip band
-    [1 - clip_low, 1 + clip_high]. Gradients flow to hidden and weight only.
+    old_logprobs, advantages, weights: [N]; loss_type ppo (token ratio r_i = exp(lp_i - old_i),
+    clip band [1 - clip_low, 1 + clip_high]), gspo (sequence ratio over segment_ids [N]) or
+    cispo (detached clipped weight times lp); delta: TRL's cap on the unclipped ratio.
+    Gradients flow to hidden and weight only.
+
+    ppo and cispo (token-level, with or without delta) run the one-pass fused op (gradients in
+    the forward, three GEMMs a chunk). gspo needs each sequence's ratio before any token's
+    gradient, so it runs two fused passes around a tiny [N] reduction: token_logprobs' forward
+    (LSE and log-probs), the loss of the [N] log-probs in PyTorch, and token_logprobs' backward
+    (one GEMM to recompute each chunk's logits, two for the gradients); never [N, V] either way.
     """
     op = "policy_loss"
     _check_lm_head(op, hidden, weight)
@@ -178,17 +212,37 @@ def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
         if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
             raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+    _check_loss_variant(op, loss_type, delta, clip_high, segment_ids, num_rows)
+    if loss_type == "gspo":
+        return _two_pass_policy_loss(hidden, weight, targets, (old_logprobs, advantages, weights, segment_ids),
+                                     dict(clip_low=clip_low, clip_high=clip_high, loss_type=loss_type,
+                                          delta=delta), temperature, backend)
     backend = resolve_backend(backend, hidden.device, op)
+    variant = dict(delta=math.inf if delta is None else float(delta), is_cispo=loss_type == "cispo")
     if backend == "cpp":
         batch = TokenBatch(targets.long(), old_logprobs, advantages, weights)
-        cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high))
+        cfg = FusedConfig(temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high),
+                          **variant)
         return cpp.policy_loss(hidden, weight, batch, cfg)
     if backend == "triton":
         from rlvfast.kernels.policy_loss import policy_loss as triton_policy_loss
         return triton_policy_loss(hidden, weight, targets.long(), old_logprobs, advantages, weights,
-                                  float(clip_low), float(clip_high), float(temperature))
+                                  float(clip_low), float(clip_high), float(temperature), **variant)
     return reference.policy_loss(hidden, weight, targets, old_logprobs, advantages, weights,
-                                 clip_low, clip_high, temperature)
+                                 clip_low, clip_high, temperature, loss_type, delta)
+
+
+def _two_pass_policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          per_token: tuple, variant: dict, temperature: float,
+                          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused log-probs (pass 1 now, pass 2 in their backward) around the [N] loss of the reference."""
+    old_logprobs, advantages, weights, segment_ids = per_token
+    logprobs, _ = token_logprobs(hidden, weight, targets, temperature, backend)  # (N,)
+    dtype = logprobs.dtype
+    losses = reference.clipped_token_loss(logprobs, old_logprobs.detach().to(dtype),
+                                          advantages.detach().to(dtype), segment_ids=segment_ids,
+                                          **variant)  # (N,)
+    return (weights.detach().to(dtype) * losses).sum(), logprobs.detach()
 
 
 def verifier_scores(hidden: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int,

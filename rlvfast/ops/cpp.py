@@ -1,6 +1,6 @@
 """Thin autograd wrappers around the C++ CPU kernels in csrc/cpu (torch.ops.rlvfast.*).
 
-Each op passes one small config (temperature, clip band, chunk size) instead of a
+Each op passes one small config (temperature, clip band and loss variant, chunk size) instead of a
 row of positional arguments. Inputs are assumed valid: rlvfast.ops validates them once.
 chunk_rows bounds the [chunk, V] logits buffer of the fused kernels; 0 lets the kernel
 size it to about 128 MiB (tests pass small values to hit the chunk boundaries cheaply).
@@ -8,6 +8,7 @@ Holds no math of its own; the reference semantics are in reference.py.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ class FusedConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     chunk_rows: int = 0  # rows of logits per chunk; 0 = auto (about 128 MiB of logits)
+    delta: float = math.inf  # policy loss: cap of the unclipped ratio (TRL's delta); inf = none
+    is_cispo: bool = False  # policy loss: CISPO's detached capped weight times lp instead of the clip
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -30,6 +33,9 @@ class FusedConfig:
                              f"{self.clip_low!r}/{self.clip_high!r}")
         if self.chunk_rows < 0:
             raise ValueError(f"FusedConfig.chunk_rows must be >= 0 (0 = auto), got {self.chunk_rows!r}")
+        if not self.delta > 1.0 + self.clip_high:
+            raise ValueError(f"FusedConfig.delta must be > 1 + clip_high = {1.0 + self.clip_high} (inf: no cap), "
+                             f"got {self.delta!r}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,7 +86,8 @@ class _PolicyLoss(torch.autograd.Function):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, logprobs, grad_hidden, grad_weight = torch.ops.rlvfast.policy_loss_fwd(
             hidden, weight, batch.targets, batch.old_logprobs, batch.advantages, batch.weights,
-            cfg.clip_low, cfg.clip_high, cfg.temperature, cfg.chunk_rows, need_hidden, need_weight)
+            cfg.clip_low, cfg.clip_high, cfg.delta, cfg.is_cispo, cfg.temperature, cfg.chunk_rows,
+            need_hidden, need_weight)
         ctx.grads = (grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.mark_non_differentiable(logprobs)
@@ -105,16 +112,26 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return _TokenLogprobs.apply(hidden, weight, targets, cfg)
 
 
+def _require_policy_loss_variants() -> None:
+    """A _C built before delta/is_cispo joined policy_loss_fwd's schema fails here, saying so."""
+    schema = str(torch.ops.rlvfast.policy_loss_fwd.default._schema)
+    if "is_cispo" not in schema:
+        raise RuntimeError(f"rlvfast._C is older than rlvfast/ops/cpp.py (policy_loss_fwd has no delta/is_cispo "
+                           f"arguments: {schema}); rebuild it with `pip install --no-build-isolation -e .`")
+
+
 def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, batch: TokenBatch,
                 cfg: FusedConfig) -> tuple[torch.Tensor, torch.Tensor]:
     _require_cpp()
+    _require_policy_loss_variants()
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _PolicyLoss.apply(hidden, weight, batch, cfg)
     # No graph to build: the loss only, without the gradient epilogue and GEMMs 2 and 3
     # (inside Function.forward, needs_input_grad does not see no_grad, so branch here).
     loss, logprobs, _, _ = torch.ops.rlvfast.policy_loss_fwd(
         hidden.detach(), weight.detach(), batch.targets, batch.old_logprobs, batch.advantages,
-        batch.weights, cfg.clip_low, cfg.clip_high, cfg.temperature, cfg.chunk_rows, False, False)
+        batch.weights, cfg.clip_low, cfg.clip_high, cfg.delta, cfg.is_cispo, cfg.temperature, cfg.chunk_rows,
+        False, False)
     return loss, logprobs
 
 

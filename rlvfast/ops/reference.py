@@ -58,27 +58,70 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return logprobs, lse
 
 
+LOSS_TYPES = ("ppo", "gspo", "cispo")
+
+
+def segment_mean(values: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Each token's value replaced by the mean over its segment (sequence), differentiably. [N]
+
+    segment_ids [N] int: the sequence index of each token (any order, ids in [0, S)).
+    """
+    ids = segment_ids.long()
+    num_segments = int(ids.max()) + 1 if ids.numel() else 0
+    sums = values.new_zeros(num_segments).index_add(0, ids, values)  # (S,)
+    counts = torch.bincount(ids, minlength=num_segments).to(values.dtype)  # (S,)
+    return (sums / counts.clamp(min=1))[ids]  # (N,)
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_type: str = "ppo",
+                     segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The importance ratio of each token. [N]
+
+    ppo, cispo: the token ratio exp(lp - old). gspo (GSPO, arXiv 2507.18071; TRL
+    importance_sampling_level="sequence"): the sequence ratio exp(mean_t(lp - old)) over each
+    sequence's tokens, the same for all of them; its gradient reaches every token of the
+    sequence through the mean (d s / d lp_t = s / |y|).
+    """
+    log_ratio = logprobs - old_logprobs  # (N,)
+    if loss_type == "gspo":
+        log_ratio = segment_mean(log_ratio, segment_ids)  # (N,) one value per sequence
+    return torch.exp(log_ratio)
+
+
 def clipped_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                       clip_low: float, clip_high: float) -> torch.Tensor:
-    """Per-token PPO-clip loss -min(r A, clip(r, 1-clip_low, 1+clip_high) A), r = exp(lp - old)."""
-    ratio = torch.exp(logprobs - old_logprobs)  # (N,)
+                       clip_low: float, clip_high: float, loss_type: str = "ppo", delta: float | None = None,
+                       segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token loss of the policy-gradient family [N], r = importance_ratio(...):
+
+    ppo/gspo: -min(min(r, delta) A, clip(r, 1 - clip_low, 1 + clip_high) A); delta (TRL's
+        two-sided clip, arXiv 2503.14476 via TRL GRPOConfig.delta) caps the unclipped ratio,
+        which only bites for A < 0 when delta > 1 + clip_high; None = no cap.
+    cispo (MiniMax-M1, arXiv 2506.13585): -sg(min(r, 1 + clip_high)) A lp, the clipped
+        importance weight detached, every token keeping its gradient.
+    """
+    ratio = importance_ratio(logprobs, old_logprobs, loss_type, segment_ids)  # (N,)
+    if loss_type == "cispo":
+        return -torch.clamp(ratio, max=1.0 + clip_high).detach() * advantages * logprobs  # (N,)
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)  # (N,)
-    return -torch.minimum(ratio * advantages, clipped * advantages)  # (N,)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)  # (N,)
+    return -torch.minimum(unclipped * advantages, clipped * advantages)  # (N,)
 
 
 def policy_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.2,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped policy-gradient loss sum_i weights_i * l_i, and the detached log-probs.
+                temperature: float = 1.0, loss_type: str = "ppo", delta: float | None = None,
+                segment_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy-gradient loss sum_i weights_i * l_i (l: clipped_token_loss), and the detached log-probs.
 
     old_logprobs, advantages, weights: [N] (advantages already broadcast per token; weights
-    carry the mask and any 1/num_tokens normalization). Gradients flow to hidden and weight.
+    carry the mask and any 1/num_tokens normalization); segment_ids [N]: the sequence of each
+    token (gspo only). Gradients flow to hidden and weight.
     """
     logprobs, _ = token_logprobs(hidden, weight, targets, temperature)  # (N,)
     dtype = logprobs.dtype
-    per_token = clipped_token_loss(logprobs, old_logprobs.detach().to(dtype),
-                                   advantages.detach().to(dtype), clip_low, clip_high)  # (N,)
+    per_token = clipped_token_loss(logprobs, old_logprobs.detach().to(dtype), advantages.detach().to(dtype),
+                                   clip_low, clip_high, loss_type, delta, segment_ids)  # (N,)
     loss = (weights.detach().to(dtype) * per_token).sum()
     return loss, logprobs.detach()
 

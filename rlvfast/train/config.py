@@ -23,7 +23,7 @@ from typing import Any
 
 from rlvfast.cli import CommandParser, UserError
 from rlvfast.train.trackers import TRACKERS, check_report_to
-from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, VERIFIER_AGGS, LossConfig
+from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, LOSS_TYPES, VERIFIER_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
 from rlvfast.train.warm_start import WarmStartConfig
 
@@ -98,6 +98,22 @@ class TrainConfig:
                              choices=VERIFIER_AGGS)
     clip_low: float = _opt(0.2, "PPO clip: ratio >= 1 - clip_low (TRL/verl default 0.2)")
     clip_high: float = _opt(0.2, "PPO clip: ratio <= 1 + clip_high (TRL/verl default 0.2; DAPO uses 0.28)")
+    loss: str = _opt("ppo", "policy loss: ppo (the clipped token ratio; TRL loss_type grpo/dapo/dr_grpo/bnpo, "
+                     "verl loss_mode vanilla), gspo (GSPO: the clipped sequence ratio exp(mean_t(lp - old)); "
+                     "TRL importance_sampling_level='sequence', verl loss_mode gspo), cispo (MiniMax-M1: the "
+                     "detached weight min(ratio, 1 + clip_high) times the log-prob; TRL loss_type cispo caps "
+                     "at epsilon_high itself, so its epsilon_high=5 is --clip-high 4). The aggregation is "
+                     "--loss-agg",
+                     choices=LOSS_TYPES)
+    delta: float | None = _opt(None, "two-sided clip (TRL's delta): the unclipped ratio capped at delta, which "
+                               "bounds the loss of negative-advantage tokens; must be > 1 + clip_high; ppo and "
+                               "gspo only")
+    rollout_correction: float | None = _opt(None, "truncated importance sampling for the sampler/trainer "
+                                            "mismatch (TRL vllm_importance_sampling_correction with "
+                                            "vllm_importance_sampling_cap, default 3): each token weighs "
+                                            "min(exp(lp_trainer_old - lp_sampler), CAP) and the ratio is taken "
+                                            "against the trainer's log-probs; 0 = off. A no-op on CPU, where "
+                                            "the gap is ~1e-7. With --ppo-epochs 1 only, for now")
     kl_coef: float = _opt(0.0, "KL penalty to the frozen initial model with the k3 estimator, as TRL's beta "
                           "(default 0, as in TRL and Dr.GRPO)")
     loss_agg: str | None = _opt(None, "token-mean (TRL 'dapo' / verl 'token-mean'), seq-mean (TRL 'grpo'), "
@@ -187,6 +203,7 @@ class TrainConfig:
         _check_floats(self, ("lr", "max_grad_norm", "temperature", "grader_timeout"), positive=True)
         if self.clip_low >= 1:
             raise UserError(f"--clip-low must be < 1, got {self.clip_low!r}")
+        self._check_loss_options()
         self._check_precision()
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
@@ -203,6 +220,26 @@ class TrainConfig:
         if self.group_size == 1:
             warnings.warn("--group-size 1: a lone sample's group-relative advantage is 0, so the policy gets "
                           "no gradient (only the verifier trains); use --group-size 2 or more", stacklevel=3)
+
+    def _check_loss_options(self) -> None:
+        """--loss, --delta, --rollout-correction (0 means off)."""
+        if self.loss not in LOSS_TYPES:
+            raise UserError(f"--loss must be one of {', '.join(LOSS_TYPES)}, got {self.loss!r}")
+        if self.delta is not None:
+            if self.loss == "cispo":
+                raise UserError(f"--delta {self.delta} caps the PPO ratio: it needs --loss ppo or gspo, not cispo")
+            if not (math.isfinite(self.delta) and self.delta > 1 + self.clip_high):
+                raise UserError(f"--delta must be > 1 + --clip-high = {1 + self.clip_high}, got {self.delta!r}")
+        if self.rollout_correction == 0:
+            self.rollout_correction = None
+        if self.rollout_correction is not None and not (math.isfinite(self.rollout_correction)
+                                                        and self.rollout_correction >= 1):
+            raise UserError(f"--rollout-correction is the cap of the importance weight: a number >= 1 (TRL's "
+                            f"default 3), or 0 for off; got {self.rollout_correction!r}")
+        if self.rollout_correction is not None and self.ppo_epochs > 1:
+            # later epochs need the first epoch's log-probs as RowBatch.train_old_logprobs (not kept yet)
+            raise UserError(f"--rollout-correction needs --ppo-epochs 1 for now (got {self.ppo_epochs}): later "
+                            f"epochs would take the ratio against the current log-probs, not the pre-update ones")
 
     def _check_precision(self) -> None:
         """--dtype and the LoRA options; unsupported combinations name the option."""
@@ -258,7 +295,8 @@ class TrainConfig:
 
     def loss_config(self) -> LossConfig:
         return LossConfig(clip_low=self.clip_low, clip_high=self.clip_high, temperature=self.temperature,
-                          verifier_coef=self.verifier_coef, kl_coef=self.kl_coef)
+                          verifier_coef=self.verifier_coef, kl_coef=self.kl_coef, loss_type=self.loss,
+                          delta=self.delta, rollout_correction=self.rollout_correction)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

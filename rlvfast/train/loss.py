@@ -24,6 +24,14 @@ splitting it into micro-batches does not change the gradient):
   "seq-mean-token-sum-norm").
 Samples whose reward is None get weight 0 and no verifier label.
 
+Policy-loss variants (LossConfig.loss_type, rlvfast.ops.reference.clipped_token_loss): ppo (the
+clipped token ratio), gspo (the clipped sequence ratio, segments = the rows' samples), cispo (the
+detached capped weight times the log-prob); delta caps the unclipped ratio (TRL's two-sided clip).
+Rollout correction (LossConfig.rollout_correction = cap): each token's weight times
+min(exp(lp_train_old - lp_sampler), cap), and the ratio taken against lp_train_old, the trainer's
+log-probs before the update (RowBatch.train_old_logprobs, or the detached current ones: the first
+PPO epoch); the sampler/trainer mismatch comes back in LossOutput.
+
 Not here: sampling, grading, the optimizer and the loop (`rlvfast.train`).
 """
 from __future__ import annotations
@@ -34,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvfast import ops
-from rlvfast.ops.reference import clipped_token_loss
+from rlvfast.ops.reference import LOSS_TYPES, clipped_token_loss, importance_ratio
 from rlvfast.sampler import verification_row
 
 ALGOS = ("grpo", "rloo", "drgrpo")
@@ -52,6 +60,19 @@ class LossConfig:
     temperature: float = 1.0       # the sampler's: old log-probs are under this distribution
     verifier_coef: float = 1.0     # lambda; 0 = the base method (no verify tokens in the forward)
     kl_coef: float = 0.0           # > 0: k3 KL to a frozen reference model
+    loss_type: str = "ppo"         # ppo | gspo | cispo (see the module docstring)
+    delta: float | None = None     # TRL's two-sided clip: the unclipped ratio capped at delta; None = off
+    rollout_correction: float | None = None  # cap of min(exp(lp_train_old - lp_sampler), cap); None = off
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"LossConfig.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.delta is not None and not (self.delta > 1.0 + self.clip_high and self.loss_type != "cispo"):
+            raise ValueError(f"LossConfig.delta={self.delta!r}: needs loss_type ppo or gspo (got "
+                             f"{self.loss_type!r}) and delta > 1 + clip_high = {1.0 + self.clip_high}")
+        if self.rollout_correction is not None and not self.rollout_correction >= 1.0:
+            raise ValueError(f"LossConfig.rollout_correction (the cap) must be >= 1 or None, "
+                             f"got {self.rollout_correction!r}")
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -142,6 +163,9 @@ class RowBatch:
     verifier_targets: torch.Tensor  # (B,)
     verifier_weights: torch.Tensor  # (B,)
     ref_logprobs: torch.Tensor | None = None  # (N,) under the frozen reference model (KL only)
+    # (N,) the trainer's log-probs before this update (rollout correction; None: the current ones,
+    # right in the first PPO epoch only)
+    train_old_logprobs: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> RowBatch:
         for name in self.__slots__:
@@ -198,7 +222,12 @@ class LossOutput:
     verifier_loss: torch.Tensor
     kl: torch.Tensor
     logprobs: torch.Tensor        # (N,) detached log-probs of the solution tokens
-    num_clipped: torch.Tensor     # number of tokens whose clipped term is active
+    num_clipped: torch.Tensor     # number of tokens whose clipped term is active (cispo: weight capped)
+    # sampler/trainer mismatch over the weighted tokens, |lp_train_old - lp_sampler| (lp_train_old: see
+    # RowBatch.train_old_logprobs): its sum and max, and the tokens whose correction weight hit the cap
+    rollout_gap_sum: torch.Tensor
+    rollout_gap_max: torch.Tensor
+    num_capped: torch.Tensor
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -208,10 +237,38 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 
 
 def clipped_mask(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                 clip_low: float, clip_high: float) -> torch.Tensor:
-    """Tokens whose clipped term is active (TRL's clip_ratio/region)."""
-    ratio = torch.exp(logprobs - old_logprobs)
+                 clip_low: float, clip_high: float, loss_type: str = "ppo",
+                 segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Tokens whose clipped term is active (TRL's clip_ratio/region); cispo: whose weight is capped."""
+    ratio = importance_ratio(logprobs, old_logprobs, loss_type, segment_ids)
+    if loss_type == "cispo":
+        return ratio > 1.0 + clip_high
     return ((ratio < 1.0 - clip_low) & (advantages < 0)) | ((ratio > 1.0 + clip_high) & (advantages > 0))
+
+
+def rollout_weights(train_old: torch.Tensor, sampler: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance weights min(exp(train_old - sampler), cap) [N] and where they hit the cap [N]."""
+    ratio = torch.exp(train_old - sampler)  # (N,)
+    return torch.clamp(ratio, max=cap), ratio > cap
+
+
+@dataclass(slots=True)
+class _PolicyInputs:
+    """What the policy loss sees after the rollout correction (old log-probs, weights), and the mismatch."""
+    old_logprobs: torch.Tensor  # (N,)
+    weights: torch.Tensor  # (N,)
+    gap: torch.Tensor  # (N,) |lp_train_old - lp_sampler|
+    is_capped: torch.Tensor  # (N,) bool
+
+
+def _policy_inputs(logprobs: torch.Tensor, batch: RowBatch, config: LossConfig) -> _PolicyInputs:
+    train_old = batch.train_old_logprobs if batch.train_old_logprobs is not None else logprobs.detach()
+    train_old = train_old.to(batch.old_logprobs.dtype)
+    gap = (train_old - batch.old_logprobs).abs()  # (N,)
+    if config.rollout_correction is None:
+        return _PolicyInputs(batch.old_logprobs, batch.policy_weights, gap, torch.zeros_like(gap, dtype=torch.bool))
+    correction, is_capped = rollout_weights(train_old, batch.old_logprobs, config.rollout_correction)
+    return _PolicyInputs(train_old, batch.policy_weights * correction, gap, is_capped)
 
 
 def rlv_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, batch: RowBatch, config: LossConfig) -> LossOutput:
@@ -221,18 +278,22 @@ def rlv_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, batch: RowBatch, con
     """
     flat = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
     policy_hidden = flat.index_select(0, batch.policy_index)  # (N, H)
-    if config.kl_coef > 0:  # differentiable log-probs needed twice: compute them once
+    variant = dict(loss_type=config.loss_type, delta=config.delta, segment_ids=batch.sample_of_token)
+    if config.kl_coef > 0 or config.rollout_correction is not None:  # log-probs needed before the loss
         logprobs, _ = ops.token_logprobs(policy_hidden, lm_weight, batch.policy_targets, config.temperature)  # (N,)
-        per_token = clipped_token_loss(logprobs, batch.old_logprobs, batch.advantages,
-                                       config.clip_low, config.clip_high)  # (N,)
-        policy = (batch.policy_weights * per_token).sum()
-        kl = (batch.policy_weights * k3_kl(logprobs, batch.ref_logprobs)).sum()
+        inputs = _policy_inputs(logprobs, batch, config)
+        per_token = clipped_token_loss(logprobs, inputs.old_logprobs, batch.advantages,
+                                       config.clip_low, config.clip_high, **variant)  # (N,)
+        policy = (inputs.weights * per_token).sum()
+        kl = (batch.policy_weights * k3_kl(logprobs, batch.ref_logprobs)).sum() if config.kl_coef > 0 \
+            else torch.zeros((), dtype=policy.dtype, device=policy.device)
         loss = policy + config.kl_coef * kl
         logprobs = logprobs.detach()
     else:
         policy, logprobs = ops.policy_loss(policy_hidden, lm_weight, batch.policy_targets, batch.old_logprobs,
                                            batch.advantages, batch.policy_weights, config.clip_low,
-                                           config.clip_high, config.temperature)
+                                           config.clip_high, config.temperature, **variant)
+        inputs = _policy_inputs(logprobs, batch, config)
         kl = torch.zeros((), dtype=policy.dtype, device=policy.device)
         loss = policy
     if config.verifier_coef > 0:
@@ -242,6 +303,11 @@ def rlv_loss(hidden: torch.Tensor, lm_weight: torch.Tensor, batch: RowBatch, con
         loss = loss + config.verifier_coef * verifier
     else:
         verifier = torch.zeros((), dtype=policy.dtype, device=policy.device)
-    is_clipped = clipped_mask(logprobs, batch.old_logprobs, batch.advantages, config.clip_low, config.clip_high)
+    is_counted = batch.policy_weights > 0  # (N,)
+    is_clipped = clipped_mask(logprobs, inputs.old_logprobs, batch.advantages, config.clip_low, config.clip_high,
+                              config.loss_type, batch.sample_of_token)
+    gap = torch.where(is_counted, inputs.gap, torch.zeros_like(inputs.gap))  # (N,)
     return LossOutput(loss=loss, policy_loss=policy.detach(), verifier_loss=verifier.detach(), kl=kl.detach(),
-                      logprobs=logprobs, num_clipped=(is_clipped & (batch.policy_weights > 0)).sum())
+                      logprobs=logprobs, num_clipped=(is_clipped & is_counted).sum(),
+                      rollout_gap_sum=gap.sum(), rollout_gap_max=gap.max() if gap.numel() else gap.sum(),
+                      num_capped=(inputs.is_capped & is_counted).sum())

@@ -4,7 +4,11 @@ Old log-probs are built as logprobs - offset so each token's ratio r = exp(offse
 where we want it: inside the clip band, below it, or above it, with advantages of both
 signs, so every branch of the clipped loss and of its gradient is hit. Chunk size 4 rows.
 """
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +193,189 @@ def test_backward_twice_is_a_clear_error(backend):
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+# ----------------------------------------------------------------------------- the loss family
+# Hand-worked values of reference.clipped_token_loss on log-probs (the [N] head every backend
+# shares), then each fused backend against the float64 reference through the lm head.
+def _head(log_ratios, advantages, weights, logprobs=None, **variant):
+    """(loss, d loss / d lp) of sum_i w_i l_i for tokens with lp - old = log_ratios."""
+    lp = torch.tensor(logprobs or [-1.0] * len(log_ratios), dtype=torch.float64, requires_grad=True)
+    old = lp.detach() - torch.tensor(log_ratios, dtype=torch.float64)
+    adv = torch.tensor(advantages, dtype=torch.float64)
+    losses = reference.clipped_token_loss(lp, old, adv, CLIP_LOW, CLIP_HIGH, **variant)
+    loss = (torch.tensor(weights, dtype=torch.float64) * losses).sum()
+    loss.backward()
+    return loss.item(), lp.grad.tolist()
+
+
+def test_gspo_hand_worked_sequence_ratio():
+    # sequence 0: two tokens, lp - old = 0.1, 0.3 -> s0 = exp(0.2) = 1.221 (inside [0.8, 1.28]), A = +1;
+    # sequence 1: one token, lp - old = -0.5 -> s1 = exp(-0.5) = 0.607 < 0.8 with A = -2: clipped,
+    # l = -min(s1 A, 0.8 A) = 1.6 and no gradient. weights 0.5, 0.25, 1.0:
+    # loss = -(0.5 + 0.25) s0 + 1.6; d loss / d lp_t = -(0.75) * s0 / 2 for both tokens of sequence 0
+    # (each token gets its share of the sequence ratio's gradient, token 1's own ratio 1.35 is not clipped).
+    loss, grad = _head([0.1, 0.3, -0.5], [1.0, 1.0, -2.0], [0.5, 0.25, 1.0], loss_type="gspo",
+                       segment_ids=torch.tensor([0, 0, 1]))
+    s0 = math.exp(0.2)
+    assert loss == pytest.approx(-0.75 * s0 + 1.6, rel=1e-12)
+    assert grad == pytest.approx([-0.75 * s0 / 2, -0.75 * s0 / 2, 0.0], rel=1e-12, abs=1e-15)
+    # the token-level ratio instead: token 1 (r = exp(0.3) = 1.35 > 1.28, A > 0) is clipped
+    _, token_grad = _head([0.1, 0.3, -0.5], [1.0, 1.0, -2.0], [0.5, 0.25, 1.0])
+    assert token_grad == pytest.approx([-0.5 * math.exp(0.1), 0.0, 0.0], rel=1e-12, abs=1e-15)
+
+
+def test_gspo_segments_need_not_be_contiguous():
+    # segment ids in any order: the same sequences interleaved give the same per-token losses
+    loss, grad = _head([0.1, -0.5, 0.3], [1.0, -2.0, 1.0], [0.5, 1.0, 0.25], loss_type="gspo",
+                       segment_ids=torch.tensor([0, 1, 0]))
+    s0 = math.exp(0.2)
+    assert loss == pytest.approx(-0.75 * s0 + 1.6, rel=1e-12)
+    assert grad == pytest.approx([-0.75 * s0 / 2, 0.0, -0.75 * s0 / 2], rel=1e-12, abs=1e-15)
+
+
+def test_delta_caps_the_ratio_of_negative_advantages():
+    # delta = 2, band [0.8, 1.28]. Token 0: r = e = 2.718, A = -1: l = -min(min(r, 2) A, 1.28 A) = 2,
+    # constant in r (no gradient; without delta l = e with gradient -A r = e). Token 1: r = 1.1, A = +1:
+    # l = -1.1, gradient -1.1 either way. Token 2: r = 1.5 < delta, A = -1: l = 1.5, gradient 1.5.
+    log_ratios, adv, w = [1.0, math.log(1.1), math.log(1.5)], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]
+    loss, grad = _head(log_ratios, adv, w, delta=2.0)
+    assert loss == pytest.approx(2.0 - 1.1 + 1.5, rel=1e-12)
+    assert grad == pytest.approx([0.0, -1.1, 1.5], rel=1e-12, abs=1e-15)
+    loss, grad = _head(log_ratios, adv, w)
+    assert loss == pytest.approx(math.e - 1.1 + 1.5, rel=1e-12)
+    assert grad == pytest.approx([math.e, -1.1, 1.5], rel=1e-12)
+
+
+def test_cispo_hand_worked_detached_clipped_weight():
+    # l = -sg(min(r, 1 + clip_high)) A lp. Token 0: r = exp(0.1) = 1.105, A = 1, lp = -0.5:
+    # l = 1.105 * 0.5 = 0.553, gradient -1.105. Token 1: r = exp(0.5) = 1.65 capped at 1.28, A = -1,
+    # lp = -2: l = -1.28 * 2 = -2.56, gradient +1.28 (capped tokens keep their gradient: no min()).
+    loss, grad = _head([0.1, 0.5], [1.0, -1.0], [1.0, 1.0], logprobs=[-0.5, -2.0], loss_type="cispo")
+    assert loss == pytest.approx(0.5 * math.exp(0.1) - 2.56, rel=1e-12)
+    assert grad == pytest.approx([-math.exp(0.1), 1.28], rel=1e-12)
+
+
+VARIANTS = [  # (loss_type, delta); all use 3 sequences of lengths 4, 1 and 5 (segment ids below)
+    ("gspo", None),
+    ("gspo", 1.6),
+    ("cispo", None),
+    ("ppo", 1.4),     # the token ratio with TRL's delta: r = 1.5 with A < 0 is capped
+]
+SEGMENTS = [0, 0, 0, 0, 1, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("loss_type,delta", VARIANTS)
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+def test_variants_match_float64_reference(backend, loss_type, delta, dtype, atol, rtol):
+    n = len(SEGMENTS)
+    hidden, weight, targets, old, adv, weights = _inputs(n, 33, 517, dtype, 0.7, seed=3)
+    segments = torch.tensor(SEGMENTS, device=TEST_DEVICE)
+    upstream = torch.rand((), generator=torch.Generator().manual_seed(7), dtype=torch.float64).item() + 0.1
+
+    def run(backend, hidden, weight, per_token):
+        hidden = hidden.clone().requires_grad_(True)
+        weight = weight.clone().requires_grad_(True)
+        loss, logprobs = ops.policy_loss(hidden, weight, targets, *per_token, CLIP_LOW, CLIP_HIGH, 0.7, backend,
+                                         loss_type=loss_type, delta=delta, segment_ids=segments)
+        (loss * upstream).backward()
+        return loss, logprobs, hidden.grad, weight.grad
+
+    want = run("reference", hidden.double(), weight.double(), (old, adv, weights))
+    got = run(backend, hidden, weight, [t.to(dtype) for t in (old, adv, weights)])
+    assert got[2].dtype == dtype and got[3].dtype == dtype
+    assert want[2].abs().sum() > 0  # some token has a gradient
+    for name, g, w in zip(("loss", "logprobs", "grad_hidden", "grad_weight"), got, want):
+        torch.testing.assert_close(g.double(), w, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("loss_type,delta", [("cispo", None), ("ppo", 1.4)])
+def test_one_pass_variants_across_chunks(backend, loss_type, delta):
+    # cispo and delta are token-local: the one-pass kernels' epilogue, here over 3 chunks of 4 rows
+    # (10 tokens: every ratio placement with both advantage signs)
+    n = 2 * CHUNK + 2
+    hidden, weight, targets, old, adv, weights = _inputs(n, 33, 517, torch.float64, 0.7, seed=4)
+    is_cispo, cap = loss_type == "cispo", math.inf if delta is None else delta
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    if backend == "cpp":
+        from rlvfast.ops import cpp
+        cfg = FusedConfig(temperature=0.7, clip_low=CLIP_LOW, clip_high=CLIP_HIGH, chunk_rows=CHUNK, delta=cap,
+                          is_cispo=is_cispo)
+        loss, _ = cpp.policy_loss(hidden, weight, TokenBatch(targets, old, adv, weights), cfg)
+    else:
+        from rlvfast.kernels.policy_loss import policy_loss
+        loss, _ = policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7,
+                              chunk_rows=CHUNK, delta=cap, is_cispo=is_cispo)
+    got = (loss, *torch.autograd.grad(loss, (hidden, weight)))
+    want_loss, _ = reference.policy_loss(hidden, weight, targets, old, adv, weights, CLIP_LOW, CLIP_HIGH, 0.7,
+                                         loss_type, delta)
+    want = (want_loss, *torch.autograd.grad(want_loss, (hidden, weight)))
+    for name, g, w in zip(("loss", "grad_hidden", "grad_weight"), got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(loss_type="grpo"), "loss_type must be one of ppo, gspo, cispo, got 'grpo'"),
+    (dict(loss_type="gspo"), r"loss_type='gspo' needs segment_ids \[N=3\]"),
+    (dict(loss_type="gspo", segment_ids=torch.tensor([0, 1])), r"segment_ids must be \[N=3\], got shape \(2,\)"),
+    (dict(loss_type="gspo", segment_ids=torch.tensor([0.0, 1.0, 1.0])), "segment_ids must be int64"),
+    (dict(loss_type="gspo", segment_ids=torch.tensor([0, -1, 1])), "segment id at index 1 is -1"),
+    (dict(delta=1.1), r"delta must be a finite number > 1 \+ clip_high = 1.2 .*got 1.1"),
+    (dict(loss_type="cispo", delta=3.0), "cispo has no use for it"),
+])
+def test_bad_variant_inputs_name_the_value(bad, match):
+    args = dict(hidden=torch.randn(3, 8, dtype=torch.float64), weight=torch.randn(50, 8, dtype=torch.float64),
+                targets=torch.tensor([0, 1, 2]), old_logprobs=torch.zeros(3, dtype=torch.float64),
+                advantages=torch.ones(3, dtype=torch.float64), weights=torch.ones(3, dtype=torch.float64))
+    args.update(bad)
+    args = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(ValueError, match=match):
+        ops.policy_loss(**args)
+
+
+# The two-pass variants keep the fused ops' memory promise: peak resident memory of one GSPO forward +
+# backward in a fresh process (as tests/ops/test_ops_memory.py measures the one-pass ops). Float32
+# logits would take 512 MiB; the C++ path holds one auto-sized [chunk, V] buffer (128 MiB) plus
+# grad_weight and the test's weight clone (16 MiB each); the reference, measured the same way, must
+# exceed the logits' size. Measured here: cpp 144 MiB, reference 2.5 GiB.
+MEM_N, MEM_H, MEM_V = 1024, 32, 131072
+MEM_SCRIPT = f"""
+import gc, json, torch
+import rlvfast.ops as ops
+torch.manual_seed(0)
+N, H, V = {MEM_N}, {MEM_H}, {MEM_V}
+hidden, weight = torch.randn(N, H), torch.randn(V, H) * 0.2
+targets, segments = torch.randint(0, V, (N,)), torch.arange(N) // 100
+per_token = (torch.full((N,), -12.0), torch.randn(N), torch.ones(N) / N)
+
+def kib(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+def peak(backend):
+    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    gc.collect()
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+    base = kib("VmRSS")
+    ops.policy_loss(h, w, targets, *per_token, backend=backend, loss_type="gspo", segment_ids=segments)[0].backward()
+    return (kib("VmHWM") - base) * 1024
+
+peak("cpp")  # warm-up: first-call allocations (MKL buffers, thread pools)
+print(json.dumps({{"cpp": peak("cpp"), "reference": peak("reference")}}))
+"""
+
+
+@CPU_ONLY
+@pytest.mark.skipif("cpp" not in ops.available_backends("cpu"), reason="rlvfast._C is not built")
+def test_gspo_two_pass_never_holds_the_logits():
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS counter")
+    out = subprocess.run([sys.executable, "-c", MEM_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    logits_bytes = MEM_N * MEM_V * 4
+    mib = {k: round(v / 2**20, 1) for k, v in peaks.items()}
+    assert peaks["reference"] > logits_bytes, mib  # the measurement sees [N, V]
+    assert peaks["cpp"] < logits_bytes / 2, mib

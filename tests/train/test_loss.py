@@ -7,7 +7,7 @@ import torch
 
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train.loss import (LossConfig, Sample, build_rows, compute_advantages, k3_kl, rlv_loss,
-                             sequence_token_weights, verifier_label_weights, verifier_labels)
+                             rollout_weights, sequence_token_weights, verifier_label_weights, verifier_labels)
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -110,10 +110,7 @@ def reference_loss(model, samples, cfg: LossConfig, ref_model=None) -> torch.Ten
         ids = torch.tensor([s.prompt_ids + s.completion_ids])
         logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1] / cfg.temperature  # (L, V)
         lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.completion_ids)[:, None])[:, 0]  # (L,)
-        ratio = torch.exp(lp - s.old_logprobs)
-        per_token = -torch.minimum(ratio * s.advantage,
-                                   torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * s.advantage)
-        total = total + s.token_weight * per_token.sum()
+        total = total + s.token_weight * policy_terms(lp, s.old_logprobs, s.advantage, cfg).sum()
         if cfg.kl_coef:
             with torch.no_grad():
                 ref_logits = ref_model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1] / cfg.temperature
@@ -125,6 +122,17 @@ def reference_loss(model, samples, cfg: LossConfig, ref_model=None) -> torch.Ten
             vlogits = model(input_ids=vids).logits[0, -1]  # (V,)
             total = total - cfg.verifier_coef * s.label_weight * torch.log_softmax(vlogits, -1)[s.label_id]
     return total
+
+
+def policy_terms(lp: torch.Tensor, old: torch.Tensor, adv: float, cfg: LossConfig) -> torch.Tensor:
+    """One sample's per-token policy loss, written out per loss type (not through ops.reference)."""
+    if cfg.loss_type == "cispo":
+        return -torch.clamp(torch.exp(lp - old), max=1 + cfg.clip_high).detach() * adv * lp
+    ratio = torch.exp(lp - old)
+    if cfg.loss_type == "gspo":  # one ratio for the whole sequence, the geometric mean of the token ratios
+        ratio = torch.exp((lp - old).mean()).expand_as(lp)
+    unclipped = ratio if cfg.delta is None else torch.clamp(ratio, max=cfg.delta)
+    return -torch.minimum(unclipped * adv, torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * adv)
 
 
 def unified_loss(model, samples, cfg: LossConfig, ref_model=None):
@@ -233,3 +241,149 @@ def test_k3_kl_is_zero_at_equality_and_positive_otherwise():
     assert torch.equal(k3_kl(lp, lp), torch.zeros(3))
     ref = torch.tensor([-1.5, -1.0, -0.5])
     assert torch.allclose(k3_kl(lp, ref), torch.tensor([math.exp(-0.5) + 0.5 - 1, math.exp(1) - 1 - 1, 0.0]))
+
+
+# ----------------------------------------------------------------------------- loss variants
+def true_logprobs(model, s: Sample, temperature: float = 1.0) -> torch.Tensor:
+    with torch.no_grad():
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        logits = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1] / temperature  # (L, V)
+        return torch.log_softmax(logits, -1).gather(1, torch.tensor(s.completion_ids)[:, None])[:, 0]  # (L,)
+
+
+def shifted_samples(model, log_ratios: list[float], seed: int = 0) -> list[Sample]:
+    """make_samples with old log-probs = the model's own minus log_ratios (cycled over all tokens),
+    so each token's ratio exp(lp - old) is exp(log_ratio) exactly where the test wants it."""
+    samples, k = make_samples(seed), 0
+    for s in samples:
+        shift = torch.tensor([log_ratios[(k + t) % len(log_ratios)] for t in range(len(s.completion_ids))],
+                             dtype=torch.float64)
+        k += len(s.completion_ids)
+        s.old_logprobs = true_logprobs(model, s) - shift
+    return samples
+
+
+@pytest.mark.parametrize("cfg", [
+    LossConfig(verifier_coef=0.5, loss_type="gspo"),
+    LossConfig(verifier_coef=0.0, loss_type="gspo", delta=1.5, clip_high=0.28),
+    LossConfig(verifier_coef=0.5, loss_type="cispo", clip_high=0.28),
+    LossConfig(verifier_coef=0.0, loss_type="ppo", delta=1.5),
+], ids=["gspo", "gspo-delta", "cispo", "ppo-delta"])
+def test_loss_variants_match_two_forward_reference(micro, cfg):
+    # token ratios 0.7 .. 2.0 with advantages of both signs: every clip region and the delta cap
+    model, _ = micro
+    samples = shifted_samples(model, [math.log(r) for r in (0.7, 1.1, 2.0, 0.95, 1.6, 1.3)])
+    expected = reference_loss(model, samples, cfg)
+    expected_grads = grads_of(model, expected)
+    out = unified_loss(model, samples, cfg)
+    got_grads = grads_of(model, out.loss)
+    assert torch.allclose(out.loss, expected, rtol=1e-10, atol=1e-12), (out.loss.item(), expected.item())
+    assert_grads_close(got_grads, expected_grads)
+    assert any(g.abs().sum() > 0 for g in got_grads.values())
+
+
+def test_gspo_counts_clipped_tokens_per_sequence(micro):
+    # every token of sample 0 has ratio 1.5 (> 1.28, A = +0.8): its sequence ratio is clipped, so all
+    # 4 tokens count; the others' sequence ratios are 1 (in the band)
+    model, _ = micro
+    samples = shifted_samples(model, [0.0])
+    samples[0].old_logprobs = samples[0].old_logprobs - math.log(1.5)
+    out = unified_loss(model, samples, LossConfig(verifier_coef=0.0, loss_type="gspo", clip_high=0.28))
+    assert int(out.num_clipped) == 4
+
+
+def test_rollout_correction_is_a_no_op_at_cpu_sized_gaps(micro):
+    # the CPU sampler's log-probs differ from the trainer's by ~1e-7: the corrected loss (ratio 1 against
+    # the trainer's own log-probs, weight exp(gap) ~ 1 + 1e-7) is the uncorrected one
+    model, _ = micro
+    g = torch.Generator().manual_seed(0)
+    samples = make_samples()
+    for s in samples:
+        s.old_logprobs = true_logprobs(model, s) + 1e-7 * torch.randn(len(s.completion_ids), generator=g,
+                                                                      dtype=torch.float64)
+    for cfg in (LossConfig(), LossConfig(loss_type="gspo"), LossConfig(loss_type="cispo")):
+        plain = unified_loss(model, samples, cfg)
+        plain_grads = grads_of(model, plain.loss)
+        corrected = unified_loss(model, samples, LossConfig(loss_type=cfg.loss_type, rollout_correction=3.0))
+        corrected_grads = grads_of(model, corrected.loss)
+        torch.testing.assert_close(corrected.loss, plain.loss, rtol=1e-9, atol=0)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(corrected_grads[name], grad, rtol=1e-9, atol=1e-15 * grad.abs().max().item())
+        assert int(corrected.num_capped) == 0
+        assert 1e-9 < corrected.rollout_gap_max.item() < 1e-6
+
+
+def test_rollout_correction_weights_tokens_and_reports_the_gap(micro):
+    # trainer minus sampler log-probs cycle over 0.1, 1.0, -0.5: weights exp(0.1), min(e, 2) = 2 (capped),
+    # exp(-0.5). First epoch: the ratio against the trainer's own log-probs is 1 (in the band), so each
+    # token's loss is -weight * A and the gap metrics are exactly these log-ratios.
+    model, _ = micro
+    gaps = [0.1, 1.0, -0.5]
+    samples = shifted_samples(model, gaps)
+    out = unified_loss(model, samples, LossConfig(verifier_coef=0.0, rollout_correction=2.0))
+    expected, k, num_tokens = 0.0, 0, 0
+    for s in samples:
+        for _ in s.completion_ids:
+            expected += s.token_weight * -min(math.exp(gaps[k % 3]), 2.0) * s.advantage
+            k += 1
+    assert out.loss.item() == pytest.approx(expected, rel=1e-9)
+    assert int(out.num_capped) == sum(1 for i in range(k) if i % 3 == 1)
+    assert out.rollout_gap_max.item() == pytest.approx(1.0, rel=1e-9)
+    assert out.rollout_gap_sum.item() == pytest.approx(sum(abs(gaps[i % 3]) for i in range(k)), rel=1e-9)
+
+
+def test_rollout_correction_takes_the_ratio_against_the_given_train_old_logprobs(micro):
+    # a later PPO epoch: the loop passes the trainer's log-probs from before the update; the policy moved by
+    # log 1.1 since (ratio 1.1, in the band) and the sampler sits 0.2 below the trainer's old log-probs
+    model, _ = micro
+    samples = make_samples()
+    rows = build_rows(samples, VERIFY, [EOS], pad_id=0, with_verifier=False, dtype=torch.float64)
+    lp = torch.cat([true_logprobs(model, s) for s in samples])
+    rows.train_old_logprobs = lp - math.log(1.1)
+    rows.old_logprobs = rows.train_old_logprobs - 0.2
+    hidden = model.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
+    out = rlv_loss(hidden, model.get_output_embeddings().weight, rows, LossConfig(verifier_coef=0.0,
+                                                                                  rollout_correction=3.0))
+    expected = -(rows.policy_weights * math.exp(0.2) * 1.1 * rows.advantages).sum()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert out.rollout_gap_max.item() == pytest.approx(0.2, rel=1e-9)
+
+
+def test_rollout_weights_truncate_at_the_cap():
+    weights, capped = rollout_weights(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 0.0]), 3.0)
+    assert torch.allclose(weights, torch.tensor([1.0, math.e, 3.0]))
+    assert capped.tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(loss_type="grpo"), "loss_type must be one of"),
+    (dict(delta=1.1), r"delta=1.1: needs .* delta > 1 \+ clip_high = 1.2"),
+    (dict(delta=3.0, loss_type="cispo"), "needs loss_type ppo or gspo"),
+    (dict(rollout_correction=0.5), "must be >= 1 or None, got 0.5"),
+])
+def test_loss_config_names_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kwargs)
+
+
+def test_loss_options_reach_the_loss_config():
+    from rlvfast.train.config import RESUME_MAY_CHANGE, parse_config
+    config = parse_config(["--loss", "gspo", "--delta", "1.5", "--rollout-correction", "3"])
+    assert (config.loss_config().loss_type, config.loss_config().delta,
+            config.loss_config().rollout_correction) == ("gspo", 1.5, 3.0)
+    assert parse_config(["--rollout-correction", "0"]).loss_config().rollout_correction is None
+    assert parse_config([]).loss_config() == LossConfig(verifier_coef=0.05)
+    assert not {"loss", "delta", "rollout_correction"} & RESUME_MAY_CHANGE  # they change the run
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--loss", "cispo", "--delta", "3"], "--delta 3.0 caps the PPO ratio: it needs --loss ppo or gspo"),
+    (["--delta", "1.1"], r"--delta must be > 1 \+ --clip-high = 1.2, got 1.1"),
+    (["--rollout-correction", "0.5"], "a number >= 1 .* or 0 for off; got 0.5"),
+    (["--rollout-correction", "3", "--ppo-epochs", "2"], "needs --ppo-epochs 1 for now .got 2."),
+])
+def test_bad_loss_options_name_the_value(argv, match):
+    from rlvfast.cli import UserError
+    from rlvfast.train.config import parse_config
+    with pytest.raises(UserError, match=match):
+        parse_config(argv)
