@@ -360,7 +360,7 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------- one update
-LOSS_PARTS = ("policy_loss", "verifier_loss", "kl", "num_clipped", "logprob_gap")
+LOSS_PARTS = ("policy_loss", "verifier_loss", "kl", "num_clipped", "logprob_gap", "num_capped")
 
 
 def update(run: Run, samples: list[Sample]) -> dict:
@@ -394,7 +394,13 @@ def update(run: Run, samples: list[Sample]) -> dict:
             "loss/policy": totals["policy_loss"], "loss/verifier": totals["verifier_loss"], "kl": totals["kl"],
             "clip_ratio": totals["num_clipped"] / max(1, num_tokens), "grad_norm": grad_norm,
             "old_logprob_abs_diff": totals["logprob_gap"] / max(1, num_tokens), "num_train_tokens": num_tokens,
-            "p_yes": p_yes}
+            "p_yes": p_yes} | _correction_metrics(config, totals, num_tokens)
+
+
+def _correction_metrics(config, totals: dict, num_tokens: int) -> dict:
+    """With --rollout-correction: the fraction of tokens whose train/sampler ratio hit the cap
+    (the gap itself is old_logprob_abs_diff, the mean |log-prob - sampler's| of the first epoch)."""
+    return {"rollout/frac_capped": totals["num_capped"] / max(1, num_tokens)} if config.rollout_correction else {}
 
 
 def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple[dict, float, float]:
@@ -417,6 +423,7 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
         totals["kl"] += float(out.kl)
         totals["num_clipped"] += float(out.num_clipped)
         totals["logprob_gap"] += float((out.logprobs - r.old_logprobs).abs().sum())
+        totals["num_capped"] += float(out.num_capped)
     if run.master is not None:
         run.master.take_grads()
     if not run.world.is_distributed:

@@ -72,6 +72,20 @@ def quiet(*args):
     pass
 
 
+def test_rollout_correction_logs_the_capped_fraction_and_changes_nothing_on_the_cpu(micro_dir, tmp_path,
+                                                                                rewards_module):
+    """On the CPU the sampler's and the trainer's log-probs agree to ~1e-7, so with the cap at
+    3 no token is capped and the run equals the uncorrected one, metric for metric."""
+    plain, corrected = tmp_path / "plain", tmp_path / "corrected"
+    options = dict(reward=f"{rewards_module}:parity", seed=1)
+    train_mod.train(config(micro_dir, plain, **options), log=quiet)
+    train_mod.train(config(micro_dir, corrected, rollout_correction=3.0, **options), log=quiet)
+    for p, c in zip(read_metrics(plain), read_metrics(corrected)):
+        assert "rollout/frac_capped" not in p and c["rollout/frac_capped"] == 0.0
+        assert c["loss/policy"] == pytest.approx(p["loss/policy"], rel=1e-6, abs=1e-9)
+        assert c["grad_norm"] == pytest.approx(p["grad_norm"], rel=1e-6)
+
+
 @pytest.mark.parametrize("algo", ["grpo", "rloo", "drgrpo"])
 def test_two_steps_of_each_algorithm(micro_dir, tmp_path, rewards_module, algo):
     out = tmp_path / "run"
