@@ -77,7 +77,7 @@ class Script:
                 for i, bounds in enumerate(boundaries)]
 
 
-def scripted_step(micro_dir, tmp_path, monkeypatch, **overrides):
+def scripted_step(micro_dir, tmp_path, monkeypatch, reward_fn=whole_solution_reward, **overrides):
     """One rl_step on the scripted rollouts: (its metrics, the loss rows of its update, the Script)."""
     model, tok = load_model(micro_dir)
     script = Script(model, tok)
@@ -87,7 +87,7 @@ def scripted_step(micro_dir, tmp_path, monkeypatch, **overrides):
     real_build_rows = train_mod.build_rows
     monkeypatch.setattr(train_mod, "build_rows", lambda *a, **kw: rows.append(real_build_rows(*a, **kw)) or rows[-1])
     run = train_mod.Run(cfg, model, tok, script.sampler, torch.optim.AdamW(model.parameters(), lr=1e-3), None,
-                        whole_solution_reward, cfg.loss_config(), None, torch.device("cpu"))
+                        reward_fn, cfg.loss_config(), None, torch.device("cpu"))
     metrics, result = train_mod.rl_step(run, [Problem("Compute 1+2.", "3", "p0")], 0)
     assert not result["skipped"]
     return metrics, rows, script
@@ -114,6 +114,25 @@ def test_a_cap_on_steps_gives_later_states_the_final_reward(micro_dir, tmp_path,
     assert script.calls[0][0] == [[0, 4], []]
     # rollout 0: values 0.5, 0.75, 1 (not estimated: its reward), 1 -> 0.25, 0.25, 0
     assert torch.equal(rows.advantages, torch.tensor([0.25] * 8 + [0.0] * 2 + EXPECTED[10:]))
+
+
+def test_none_rewards_count_in_no_value_and_train_nothing(micro_dir, tmp_path, monkeypatch):
+    def none_for_y(prompts, completions, completion_ids, **columns):
+        return [None if text == "a=1\nY" else r for text, r in
+                zip(completions, whole_solution_reward(prompts, completions, completion_ids))]
+
+    _, (rows,), script = scripted_step(micro_dir, tmp_path, monkeypatch, reward_fn=none_for_y, verifier_coef=0.0)
+    assert script.calls[0][0] == [[0, 4, 8], []]
+    # rollout 0: V("a=1\n") = 3/3 (its continuation "Y" gets None); rollout 1 (None): zeros, weight 0
+    assert torch.equal(rows.advantages, torch.tensor([0.5] * 4 + [-0.75] * 4 + [0.75] * 2 + [0.0] * 6))
+    assert rows.policy_weights[:10].gt(0).all() and not rows.policy_weights[10:].any()
+
+
+def test_a_state_whose_continuations_all_get_none_takes_its_rollouts_reward():
+    from rlvfast.train.rollouts import _per_state
+
+    # rollout 0: s_0 has one reward, s_4 none (-> its reward 0.0); rollout 1 (reward None) continues nothing
+    assert _per_state([1.0, None, None, None], [[0, 4], []], [0.0, None], 2) == [[[1.0], [0.0]], []]
 
 
 def test_verifier_rows_are_grpos(micro_dir, tmp_path, monkeypatch):
