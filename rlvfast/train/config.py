@@ -25,6 +25,7 @@ from rlvfast.cli import CommandParser, UserError
 from rlvfast.train.trackers import TRACKERS, check_report_to
 from rlvfast.train.loss import ALGOS, DEFAULT_LOSS_AGG, LOSS_AGGS, LOSS_TYPES, VERIFIER_AGGS, LossConfig
 from rlvfast.models import TINY_VERIFY_PROMPT
+from rlvfast.train.vine import VINE_SAMPLES
 from rlvfast.train.warm_start import WarmStartConfig
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -87,8 +88,14 @@ class TrainConfig:
                               "time-limited grader (1 if the boxed answer equals the gold, else 0)")
     # ---- the algorithm
     algo: str = _opt("grpo", "grpo: (r - mean) / std; rloo: leave-one-out baseline (r - mean of the "
-                     "others), i.e. leave-one-out PPO; drgrpo: r - mean, no std, constant normalizer",
+                     "others), i.e. leave-one-out PPO; drgrpo: r - mean, no std, constant normalizer; "
+                     "vineppo: VinePPO, each line of a solution (a step) credited with V(after) - V(before), "
+                     "values estimated by --vine-samples continuations from each step's start",
                      choices=ALGOS)
+    vine_samples: int = _opt(VINE_SAMPLES, "--algo vineppo: K, the continuations sampled from each state to "
+                             "estimate its value (VinePPO's default)")
+    vine_max_steps: int = _opt(0, "--algo vineppo: states estimated per solution (its start and the ends of its "
+                               "first steps); later steps share the rollout's own reward as value; 0 = no cap")
     verifier_coef: float = _opt(0.05, "lambda in J = J_RL + lambda * J_verify; 0 = the base method alone. The "
                                 "paper uses 1.0; the tiny default's verifier gradient is ~7x its policy "
                                 "gradient, and under Adam a larger lambda slows the policy (1.0: pass@1 0.61 "
@@ -197,8 +204,9 @@ class TrainConfig:
             raise UserError(f"--verifier-agg must be one of {VERIFIER_AGGS}, got {self.verifier_agg!r}")
         _check_ints(self, ("group_size", "prompts_per_step", "micro_batch", "ppo_epochs", "max_new_tokens",
                            "steps", "checkpoint_every", "keep_last", "max_bad_steps", "eval_samples",
-                           "warm_start_steps", "dist_timeout"), minimum=1)
-        _check_ints(self, ("warmup", "eval_problems", "seed", "warm_start_verifier_steps", "log_every"), minimum=0)
+                           "warm_start_steps", "dist_timeout", "vine_samples"), minimum=1)
+        _check_ints(self, ("warmup", "eval_problems", "seed", "warm_start_verifier_steps", "log_every",
+                           "vine_max_steps"), minimum=0)
         _check_floats(self, ("verifier_coef", "kl_coef", "weight_decay", "clip_low", "clip_high"), positive=False)
         _check_floats(self, ("lr", "max_grad_norm", "temperature", "grader_timeout"), positive=True)
         if self.clip_low >= 1:
@@ -217,7 +225,7 @@ class TrainConfig:
                             f"--data {self.data} --eval-problems {self.eval_problems}) and --verifier-coef > 0 "
                             f"(got {self.verifier_coef}); to compare two runs on other data, evaluate each with "
                             f"python -m rlvfast.eval and pass the first's --out as the second's --baseline")
-        if self.group_size == 1:
+        if self.group_size == 1 and self.algo != "vineppo":
             warnings.warn("--group-size 1: a lone sample's group-relative advantage is 0, so the policy gets "
                           "no gradient (only the verifier trains); use --group-size 2 or more", stacklevel=3)
 
@@ -286,6 +294,11 @@ class TrainConfig:
     def is_comparison(self) -> bool:
         """--compare, or by default: a table and lambda > 0."""
         return self.compare if self.compare is not None else self.has_table and self.verifier_coef > 0
+
+    @property
+    def vine_boundaries(self) -> int:
+        """--vine-max-steps for `vine.step_boundaries`: 0 (no cap) as one state per token at most."""
+        return self.vine_max_steps or self.max_new_tokens + 1
 
     def resolved_verify_prompt(self) -> str | None:
         return TINY_VERIFY_PROMPT if self.verify_prompt is None and self.is_tiny else self.verify_prompt

@@ -31,12 +31,13 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from rlvfast.cli import run_command
+from rlvfast.cli import UserError, run_command
 from rlvfast.sampler import Sampler, SamplingParams, format_prompt
 from rlvfast.tasks.grading import Grader
 from rlvfast.tasks.problems import Problem
@@ -47,8 +48,8 @@ from rlvfast.train import distributed, heads, precision, run_dir, setup, tracker
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
-from rlvfast.train.rollouts import (WholeBatch, problems_for_step, rollout_metrics, score_rollouts, step_seed,
-                                    to_samples, verifier_step_metrics)
+from rlvfast.train.rollouts import (StepRollouts, WholeBatch, problems_for_step, rollout_metrics, score_rollouts,
+                                    step_seed, to_samples, verifier_step_metrics, vine_advantages)
 
 PROG = "rlvfast.train"
 
@@ -125,6 +126,9 @@ def _train_in_world(config: TrainConfig, world: distributed.World, device: torch
         world = distributed.join_alone(device, config.dist_timeout)  # a torchrun checkpoint, resumed in one process
     if world.is_distributed:
         setup.check_distributed(config, world)
+        if config.algo == "vineppo":
+            raise UserError("--algo vineppo is not supported under torchrun yet (its Monte Carlo values are "
+                            "untested there); run it in one process")
         log = log if world.is_main else _quiet
     with _hold_out(config, world):
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
@@ -336,12 +340,16 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     t1 = time.perf_counter()
     rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
     t2 = time.perf_counter()
+    token_advantages, vine_metrics = None, {}
+    if config.algo == "vineppo":  # the Monte Carlo step values: more sampling and grading
+        rollouts = StepRollouts(outputs, batch, prompts, rewards, params.seed)
+        token_advantages, vine_metrics = _vine_advantages(run, rollouts, sampling_seconds=t1 - t0)
     whole = None
     if world.is_distributed:  # the loss weights are normalized over every rank's samples
         whole = WholeBatch(world.gather(rewards, "gathering the rewards"),
                            world.gather([len(c.token_ids) for c in completions], "gathering the lengths"),
                            first * config.group_size)
-    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole)
+    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, token_advantages)
     run.model.train()
     result = update(run, samples)
     p_yes = result.pop("p_yes")
@@ -354,9 +362,22 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     metrics = {"step": step + 1, **rollout_metrics(rewards, completions, config.group_size), **result,
                **verifier_step_metrics(p_yes if in_update else [c.score for c in completions], rewards)}
     metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
-                "time/grading": t2 - t1, "time/update": t3 - t2,
+                "time/grading": t2 - t1, "time/update": t3 - t2 - vine_metrics.get("time/mc", 0.0),
                 "tokens_per_second": sum(len(c.token_ids) for c in completions) / (t3 - t0)}
-    return metrics, result
+    return metrics | vine_metrics, result
+
+
+def _vine_advantages(run: Run, rollouts: StepRollouts, sampling_seconds: float) -> tuple[list[torch.Tensor], dict]:
+    """--algo vineppo: the rollouts' per-token advantages and vine/* metrics (`vine_advantages`), with
+    time/mc (the whole Monte Carlo phase) and vine/mc_time_share, the continuations' share of
+    the step's sampling time (rollouts and continuations)."""
+    t0 = time.perf_counter()
+    grade = partial(score_rollouts, grader=run.grader, reward_fn=run.reward_fn)
+    with distributed.full_weights(run.model):
+        advantages, metrics = vine_advantages(run.sampler, rollouts, grade, run.config)
+    mc = metrics["time/mc_sampling"]
+    metrics |= {"time/mc": time.perf_counter() - t0, "vine/mc_time_share": mc / (sampling_seconds + mc)}
+    return advantages, metrics
 
 
 # ----------------------------------------------------------------------------- one update

@@ -45,11 +45,13 @@ from rlvfast import ops
 from rlvfast.ops.reference import LOSS_TYPES, clipped_token_loss, importance_ratio
 from rlvfast.sampler import verification_row
 
-ALGOS = ("grpo", "rloo", "drgrpo")
+GROUP_ALGOS = ("grpo", "rloo", "drgrpo")  # one group-relative advantage per sample (`compute_advantages`)
+# vineppo: per-token advantages from Monte Carlo step values (`rlvfast.train.vine`)
+ALGOS = GROUP_ALGOS + ("vineppo",)
 LOSS_AGGS = ("token-mean", "seq-mean", "constant")
 # Where the paper is silent we follow TRL/verl: GRPO and RLOO average over tokens
 # (TRL's default "dapo" loss / verl's "token-mean"); Dr.GRPO uses its constant normalizer.
-DEFAULT_LOSS_AGG = {"grpo": "token-mean", "rloo": "token-mean", "drgrpo": "constant"}
+DEFAULT_LOSS_AGG = {"grpo": "token-mean", "rloo": "token-mean", "drgrpo": "constant", "vineppo": "token-mean"}
 YES_THRESHOLD = 0.5  # a reward >= this is labeled "Yes" for the verifier
 
 
@@ -83,8 +85,9 @@ def compute_advantages(rewards: Sequence[float | None], group_size: int, algo: s
     before the group statistics (so it moves neither the mean nor, much, the std) and is
     masked out of every loss by `is_valid`.
     """
-    if algo not in ALGOS:
-        raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+    if algo not in GROUP_ALGOS:
+        raise ValueError(f"group-relative advantages: algo must be one of {GROUP_ALGOS}, got {algo!r} "
+                         f"(vineppo's are per token: rlvfast.train.vine)")
     is_valid = torch.tensor([r is not None for r in rewards], dtype=torch.bool)  # (B,)
     filled = torch.tensor([0.0 if r is None else float(r) for r in rewards], dtype=torch.float32)  # (B,)
     groups, valid = filled.view(-1, group_size), is_valid.view(-1, group_size)  # (P, G)
@@ -142,7 +145,7 @@ class Sample:
     prompt_ids: list[int]
     completion_ids: list[int]      # every sampled id, a final EOS included
     old_logprobs: torch.Tensor     # [len(completion_ids)] under the sampling distribution
-    advantage: float
+    advantage: float | torch.Tensor  # one for every token, or [len(completion_ids)] per token (VinePPO)
     token_weight: float            # from sequence_token_weights
     label_id: int                  # "Yes" or "No" token id
     label_weight: float            # from verifier_label_weights (0: no label)
@@ -191,7 +194,7 @@ def build_rows(samples: Sequence[Sample], verify_ids: Sequence[int], eos_ids: Se
         policy_index.append((len(rows) - 1, first, len(completion)))
         targets += completion
         old.append(s.old_logprobs.to(dtype))
-        adv += [s.advantage] * len(completion)
+        adv += _token_advantages(s, len(completion))
         weights += [s.token_weight] * len(completion)
         owner += [len(rows) - 1] * len(completion)
         verifier_index.append((len(rows) - 1, len(row) - 1))
@@ -212,6 +215,16 @@ def build_rows(samples: Sequence[Sample], verify_ids: Sequence[int], eos_ids: Se
         verifier_index=torch.tensor([b * width + t for b, t in verifier_index], dtype=torch.long),
         verifier_targets=torch.tensor(verifier_targets, dtype=torch.long),
         verifier_weights=torch.tensor(verifier_weights, dtype=dtype))
+
+
+def _token_advantages(sample: Sample, num_tokens: int) -> list[float]:
+    """A sample's advantage for each of its `num_tokens` completion tokens."""
+    if not isinstance(sample.advantage, torch.Tensor):
+        return [sample.advantage] * num_tokens
+    if sample.advantage.shape != (num_tokens,):
+        raise ValueError(f"per-token advantages of shape {tuple(sample.advantage.shape)} for a completion of "
+                         f"{num_tokens} tokens; expected ({num_tokens},)")
+    return sample.advantage.tolist()
 
 
 # ----------------------------------------------------------------------------- loss
