@@ -93,9 +93,9 @@ def fill(run, first: Rollouts, step: int) -> Rollouts:
         raise ValueError("dynamic sampling needs the training problems in Run.problems to draw more from")
     t0 = time.perf_counter()
     rolled, num_rounds = first, 1
-    while sum(useful_groups(rolled.rewards, config.group_size)) < config.prompts_per_step \
-            and num_rounds < config.max_sampling_rounds:
-        rolled.extend(_sample_round(run, step, num_rounds))
+    while num_rounds < config.max_sampling_rounds and \
+            sum(useful_groups(rolled.rewards, config.group_size)) < config.prompts_per_step:
+        rolled.extend(_sample_round(run, step, round_index=num_rounds))
         num_rounds += 1
     is_useful_group = useful_groups(rolled.rewards, config.group_size)
     is_policy_group, num_taken = [], 0
