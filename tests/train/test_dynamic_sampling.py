@@ -203,3 +203,27 @@ def test_torchrun_refuses_dynamic_sampling_before_training(micro_dir, tmp_path, 
     with pytest.raises(UserError, match="--dynamic-sampling is not supported under torchrun"):
         train_mod.train(config(micro_dir, tmp_path / "run"), log=quiet)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss_agg, policy_weights", [
+    ("token-mean", [1 / 20] * 4),  # 1 / (3 + 5 + 4 + 8) tokens of the policy rows
+    ("seq-mean", [1 / (3 * 4), 1 / (5 * 4), 1 / (4 * 4), 1 / (8 * 4)]),  # 1 / (length * 4 policy rows)
+    ("constant", [1 / (16 * 4)] * 4),  # 1 / (max_new_tokens 16 * 4 policy rows)
+])
+def test_to_samples_normalizes_the_token_weights_over_the_policy_rows(loss_agg, policy_weights):
+    """Hand-worked: groups 1 and 3 (of 3, size 2) are policy rows; group 2's rows weigh 0 as
+    tokens but keep their labels, balanced over all six rows (4 Yes, 2 No)."""
+    from types import SimpleNamespace
+
+    from rlvfast.train.rollouts import to_samples
+
+    cfg = TrainConfig(group_size=2, loss_agg=loss_agg, verifier_agg="balanced", max_new_tokens=16)
+    lengths, rewards = [3, 5, 2, 7, 4, 8], [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    completions = [SimpleNamespace(token_ids=list(range(n)), logprobs=torch.zeros(n)) for n in lengths]
+    outputs = [SimpleNamespace(prompt_token_ids=[9, g], completions=completions[2 * g:2 * g + 2]) for g in range(3)]
+    samples = to_samples(outputs, rewards, cfg, 1, 2, is_policy=[True, True, False, False, True, True])
+    weights = [s.token_weight for s in samples]
+    assert weights[2:4] == [0.0, 0.0]
+    assert weights[:2] + weights[4:] == pytest.approx(policy_weights)
+    # the Yes labels share 1/2 (1/8 each), the No labels the other 1/2 (1/4 each)
+    assert [s.label_weight for s in samples] == pytest.approx([1 / 8, 1 / 4, 1 / 8, 1 / 8, 1 / 4, 1 / 8])
