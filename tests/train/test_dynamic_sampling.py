@@ -227,3 +227,21 @@ def test_to_samples_normalizes_the_token_weights_over_the_policy_rows(loss_agg, 
     assert weights[:2] + weights[4:] == pytest.approx(policy_weights)
     # the Yes labels share 1/2 (1/8 each), the No labels the other 1/2 (1/4 each)
     assert [s.label_weight for s in samples] == pytest.approx([1 / 8, 1 / 4, 1 / 8, 1 / 8, 1 / 4, 1 / 8])
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_one_draws(micro_dir, tmp_path, rewards_module):
+    """No sampling state outside (seed, step, round): 2 steps then --resume to 4 equal 4 steps."""
+    reward = f"{rewards_module}:odd_uniform"
+    full, part = tmp_path / "full", tmp_path / "part"
+    train_mod.train(config(micro_dir, full, steps=4, checkpoint_every=2, reward=reward), log=quiet)
+    train_mod.train(config(micro_dir, part, steps=2, checkpoint_every=2, reward=reward), log=quiet)
+    train_mod.train(config(micro_dir, part, steps=4, checkpoint_every=2, reward=reward, resume=True), log=quiet)
+    keys = ("loss", "grad_norm", "reward", "dynamic/rounds", "dynamic/filtered_frac", "dynamic/useful_groups")
+    a, b = metrics_of(full), metrics_of(part)
+    assert [{k: m[k] for k in keys} for m in a] == [{k: m[k] for k in keys} for m in b]
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
+    assert [m["dynamic/rounds"] for m in b[2:]] == [3, 2]  # the resumed steps draw extra rounds
+    wa, _ = load_model(full / "final")
+    wb, _ = load_model(part / "final")
+    for (name, p), q in zip(wa.state_dict().items(), wb.state_dict().values()):
+        assert torch.equal(p, q), name
