@@ -352,7 +352,7 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
         whole = WholeBatch(world.gather(rewards, "gathering the rewards"),
                            world.gather([len(c.token_ids) for c in completions], "gathering the lengths"),
                            first * config.group_size)
-    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, rolled.is_policy)
+    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, is_policy=rolled.is_policy)
     run.model.train()
     result = update(run, samples)
     p_yes = result.pop("p_yes")
