@@ -121,6 +121,14 @@ class TrainConfig:
                                             "min(exp(lp_trainer_old - lp_sampler), CAP) and the ratio is taken "
                                             "against the trainer's log-probs; 0 = off. A no-op on CPU, where "
                                             "the gap is ~1e-7. With --ppo-epochs 1 only, for now")
+    dynamic_sampling: bool = _opt(False, "DAPO's dynamic sampling (verl algorithm.filter_groups): a group whose "
+                                  "rewards are all equal carries no policy gradient, so the policy term takes "
+                                  "only groups whose rewards vary, and more problems are sampled (a round of "
+                                  "--prompts-per-step each) until --prompts-per-step such groups or "
+                                  "--max-sampling-rounds; the other groups still train the verifier. Metrics "
+                                  "dynamic/rounds, dynamic/useful_groups, dynamic/filtered_frac. One process only")
+    max_sampling_rounds: int = _opt(3, "with --dynamic-sampling: at most this many sampling rounds per step, the "
+                                    "first included (verl max_num_gen_batches); 1 = filter without drawing more")
     kl_coef: float = _opt(0.0, "KL penalty to the frozen initial model with the k3 estimator, as TRL's beta "
                           "(default 0, as in TRL and Dr.GRPO)")
     loss_agg: str | None = _opt(None, "token-mean (TRL 'dapo' / verl 'token-mean'), seq-mean (TRL 'grpo'), "
@@ -204,7 +212,7 @@ class TrainConfig:
             raise UserError(f"--verifier-agg must be one of {VERIFIER_AGGS}, got {self.verifier_agg!r}")
         _check_ints(self, ("group_size", "prompts_per_step", "micro_batch", "ppo_epochs", "max_new_tokens",
                            "steps", "checkpoint_every", "keep_last", "max_bad_steps", "eval_samples",
-                           "warm_start_steps", "dist_timeout", "vine_samples"), minimum=1)
+                           "warm_start_steps", "dist_timeout", "vine_samples", "max_sampling_rounds"), minimum=1)
         _check_ints(self, ("warmup", "eval_problems", "seed", "warm_start_verifier_steps", "log_every",
                            "vine_max_steps"), minimum=0)
         _check_floats(self, ("verifier_coef", "kl_coef", "weight_decay", "clip_low", "clip_high"), positive=False)
@@ -225,6 +233,11 @@ class TrainConfig:
                             f"--data {self.data} --eval-problems {self.eval_problems}) and --verifier-coef > 0 "
                             f"(got {self.verifier_coef}); to compare two runs on other data, evaluate each with "
                             f"python -m rlvfast.eval and pass the first's --out as the second's --baseline")
+        if self.dynamic_sampling and self.group_size == 1:
+            raise UserError("--dynamic-sampling keeps groups whose rewards vary: it needs --group-size 2 or more")
+        if self.dynamic_sampling and self.algo == "vineppo":
+            raise UserError("--dynamic-sampling with --algo vineppo: a group with equal rewards still has per-step "
+                            "advantages under VinePPO, so filtering it would drop real gradient; use one of them")
         if self.group_size == 1 and self.algo != "vineppo":
             warnings.warn("--group-size 1: a lone sample's group-relative advantage is 0, so the policy gets "
                           "no gradient (only the verifier trains); use --group-size 2 or more", stacklevel=3)

@@ -44,7 +44,7 @@ from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import forward as train_forward
 from rlvfast.train import metrics as metrics_log
-from rlvfast.train import distributed, heads, precision, run_dir, setup, trackers
+from rlvfast.train import distributed, dynamic_sampling, heads, precision, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
@@ -77,6 +77,7 @@ class Run:
     master: precision.MasterWeights | None = None  # --dtype bf16, full fine-tune: what the optimizer steps
     trackers: trackers.Trackers = trackers.NO_TRACKERS  # --report-to: each step's metrics go there too
     world: distributed.World = distributed.SINGLE  # under torchrun: this rank; the model is FSDP2-sharded
+    problems: list[Problem] | None = None  # the training problems, which --dynamic-sampling draws more from
 
     @property
     def step_params(self) -> list[torch.nn.Parameter]:
@@ -129,6 +130,9 @@ def _train_in_world(config: TrainConfig, world: distributed.World, device: torch
         if config.algo == "vineppo":
             raise UserError("--algo vineppo is not supported under torchrun yet (its Monte Carlo values are "
                             "untested there); run it in one process")
+        if config.dynamic_sampling:
+            raise UserError("--dynamic-sampling is not supported under torchrun yet (the ranks would have to "
+                            "agree on each round's useful groups); run it in one process")
         log = log if world.is_main else _quiet
     with _hold_out(config, world):
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
@@ -186,7 +190,7 @@ def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], l
     resume_from, state = setup.resume_state(config) if config.resume else (None, None)
     setup.seed_everything(config.seed)
     run = _build_run(config, shared, resume_from, log)
-    run.trackers = tracked
+    run.trackers, run.problems = tracked, shared.problems
     if state is not None:
         start_step, num_bad, warm_eval = _restore(run, resume_from, state)
         log(f"resuming from {resume_from} at step {start_step}")
@@ -340,6 +344,13 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     t1 = time.perf_counter()
     rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
     t2 = time.perf_counter()
+    rolled = dynamic_sampling.Rollouts(batch, prompts, outputs, rewards, num_timeouts, num_errors)
+    if config.dynamic_sampling:  # DAPO: more problems until prompts_per_step groups have varied rewards
+        rolled = dynamic_sampling.fill(run, rolled, step)
+        outputs, rewards = rolled.outputs, rolled.rewards
+        num_timeouts, num_errors = rolled.num_timeouts, rolled.num_errors
+        completions = [c for o in outputs for c in o.completions]
+        t2 = time.perf_counter()  # time/grading holds the extra rounds too (time/dynamic_sampling)
     token_advantages, vine_metrics = None, {}
     if config.algo == "vineppo":  # the Monte Carlo step values: more sampling and grading
         rollouts = StepRollouts(outputs, batch, prompts, rewards, params.seed)
@@ -349,7 +360,8 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
         whole = WholeBatch(world.gather(rewards, "gathering the rewards"),
                            world.gather([len(c.token_ids) for c in completions], "gathering the lengths"),
                            first * config.group_size)
-    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, token_advantages)
+    samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, token_advantages,
+                         is_policy=rolled.is_policy)
     run.model.train()
     result = update(run, samples)
     p_yes = result.pop("p_yes")
@@ -364,7 +376,7 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
                 "time/grading": t2 - t1, "time/update": t3 - t2 - vine_metrics.get("time/mc", 0.0),
                 "tokens_per_second": sum(len(c.token_ids) for c in completions) / (t3 - t0)}
-    return metrics | vine_metrics, result
+    return metrics | vine_metrics | rolled.metrics, result
 
 
 def _vine_advantages(run: Run, rollouts: StepRollouts, sampling_seconds: float) -> tuple[list[torch.Tensor], dict]:

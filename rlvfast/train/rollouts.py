@@ -32,8 +32,9 @@ from rlvfast.train.loss import (GROUP_ALGOS, YES_THRESHOLD, Sample, compute_adva
                                 verifier_label_weights, verifier_labels)
 
 
-def problems_for_step(problems: list[Problem], step: int, num: int, seed: int) -> list[Problem]:
-    """Epoch-wise shuffled stream: position step*num onwards; the order depends only on the seed."""
+def problems_for_step(problems: list[Problem], step: int, num: int, seed: int | str) -> list[Problem]:
+    """Epoch-wise shuffled stream: position step*num onwards; the order depends only on the seed
+    (a string seed: another stream, as `dynamic_sampling.problems_for_round` draws)."""
     out = []
     for position in range(step * num, (step + 1) * num):
         epoch, index = divmod(position, len(problems))
@@ -89,11 +90,14 @@ class WholeBatch:
 
 
 def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id: int, no_id: int,
-               whole: WholeBatch | None = None, token_advantages: list[torch.Tensor] | None = None) -> list[Sample]:
+               whole: WholeBatch | None = None, token_advantages: list[torch.Tensor] | None = None,
+               is_policy: list[bool] | None = None) -> list[Sample]:
     """One `Sample` per completion, in order: its ids and old log-probs as sampled, its advantage
     (group-relative; --algo vineppo: `token_advantages`, one tensor per completion, from
     `vine_advantages`), its token weight (`config.loss_agg`) and its verifier label and weight,
-    normalized over `whole` (default: these completions are the whole batch)."""
+    normalized over `whole` (default: these completions are the whole batch). `is_policy` (per
+    completion of `whole`; --dynamic-sampling): the others are verifier-only rows, token weight 0,
+    and the token weights are normalized over the policy rows alone; the labels' over every row."""
     completions = [c for o in outputs for c in o.completions]
     if whole is None:
         whole = WholeBatch(rewards, [len(c.token_ids) for c in completions], 0)
@@ -106,7 +110,8 @@ def to_samples(outputs, rewards: list[float | None], config: TrainConfig, yes_id
     else:
         advantages, is_valid = token_advantages, torch.tensor([r is not None for r in whole.rewards])  # (W,)
     lengths = torch.tensor(whole.lengths)  # (W,)
-    token_weights = sequence_token_weights(lengths, is_valid, config.loss_agg, config.max_new_tokens)  # (W,)
+    is_policy_row = is_valid if is_policy is None else is_valid & torch.tensor(is_policy, dtype=torch.bool)  # (W,)
+    token_weights = sequence_token_weights(lengths, is_policy_row, config.loss_agg, config.max_new_tokens)  # (W,)
     labels = verifier_labels(whole.rewards, yes_id, no_id)
     is_yes = torch.tensor([label == yes_id for label in labels]) if config.verifier_agg == "balanced" else None  # (W,)
     label_weights = verifier_label_weights(is_valid, is_yes)  # (W,)
