@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlvfast.cli import UserError, run_command
+from rlvfast.cli import run_command
 from rlvfast.sampler import Sampler, SamplingParams, format_prompt
 from rlvfast.tasks.grading import Grader
 from rlvfast.tasks.problems import Problem
@@ -127,12 +127,6 @@ def _train_in_world(config: TrainConfig, world: distributed.World, device: torch
         world = distributed.join_alone(device, config.dist_timeout)  # a torchrun checkpoint, resumed in one process
     if world.is_distributed:
         setup.check_distributed(config, world)
-        if config.algo == "vineppo":
-            raise UserError("--algo vineppo is not supported under torchrun yet (its Monte Carlo values are "
-                            "untested there); run it in one process")
-        if config.dynamic_sampling:
-            raise UserError("--dynamic-sampling is not supported under torchrun yet (the ranks would have to "
-                            "agree on each round's useful groups); run it in one process")
         log = log if world.is_main else _quiet
     with _hold_out(config, world):
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
