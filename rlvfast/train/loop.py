@@ -325,29 +325,12 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     config, sampler, world = run.config, run.sampler, run.world
     t0 = time.perf_counter()
     batch, first = distributed.local_slice(world, batch)  # this rank's whole groups
-    prompts = [format_prompt(run.tokenizer, p.problem) for p in batch]
-    run.model.eval()
-    params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
-                            temperature=config.temperature, seed=step_seed(config.seed, step))
-    # P("Yes") of every sample before the update: with the verifier in the update (lambda > 0) its
-    # first forward gives it (same rows, same weights); the base method asks the sampler for it
-    in_update = config.verifier_coef > 0
-    with distributed.full_weights(run.model):  # sharded: every rank samples on the whole weights
-        outputs = sampler.generate(prompts, params, score=not in_update)
+    rolled, seed, (t1, t2) = _roll_out(run, batch, step)
+    outputs, rewards, num_timeouts, num_errors = rolled.outputs, rolled.rewards, rolled.num_timeouts, rolled.num_errors
     completions = [c for o in outputs for c in o.completions]
-    t1 = time.perf_counter()
-    rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
-    t2 = time.perf_counter()
-    rolled = dynamic_sampling.Rollouts(batch, prompts, outputs, rewards, num_timeouts, num_errors)
-    if config.dynamic_sampling:  # DAPO: more problems until prompts_per_step groups have varied rewards
-        rolled = dynamic_sampling.fill(run, rolled, step)
-        outputs, rewards = rolled.outputs, rolled.rewards
-        num_timeouts, num_errors = rolled.num_timeouts, rolled.num_errors
-        completions = [c for o in outputs for c in o.completions]
-        t2 = time.perf_counter()  # time/grading holds the extra rounds too (time/dynamic_sampling)
     token_advantages, vine_metrics = None, {}
     if config.algo == "vineppo":  # the Monte Carlo step values: more sampling and grading
-        rollouts = StepRollouts(outputs, batch, prompts, rewards, params.seed)
+        rollouts = StepRollouts(outputs, rolled.problems, rolled.prompts, rewards, seed)
         token_advantages, vine_metrics = _vine_advantages(run, rollouts, sampling_seconds=t1 - t0)
     whole = None
     if world.is_distributed:  # the loss weights are normalized over every rank's samples
@@ -365,12 +348,33 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
         rewards, completions = whole.rewards, world.gather(completions, "gathering the completions")
         p_yes = world.gather(p_yes, "gathering P(Yes)")
         num_timeouts, num_errors = (int(x) for x in world.sum([num_timeouts, num_errors], "summing grader counts"))
+    in_update = config.verifier_coef > 0
     metrics = {"step": step + 1, **rollout_metrics(rewards, completions, config.group_size), **result,
                **verifier_step_metrics(p_yes if in_update else [c.score for c in completions], rewards)}
     metrics |= {"grader/timeouts": num_timeouts, "grader/errors": num_errors, "time/sampling": t1 - t0,
                 "time/grading": t2 - t1, "time/update": t3 - t2 - vine_metrics.get("time/mc", 0.0),
                 "tokens_per_second": sum(len(c.token_ids) for c in completions) / (t3 - t0)}
     return metrics | vine_metrics | rolled.metrics, result
+
+
+def _roll_out(run: Run, batch: list[Problem], step: int) -> tuple[dynamic_sampling.Rollouts, int, tuple[float, float]]:
+    """This rank's rollouts of `batch`, graded (with --dynamic-sampling, the further rounds too):
+    (the rollouts, their sampling seed, the clock after sampling and after grading)."""
+    config = run.config
+    prompts = [format_prompt(run.tokenizer, p.problem) for p in batch]
+    run.model.eval()
+    params = SamplingParams(n=config.group_size, max_tokens=config.max_new_tokens,
+                            temperature=config.temperature, seed=step_seed(config.seed, step))
+    # P("Yes") of every sample before the update: with the verifier in the update (lambda > 0) its
+    # first forward gives it (same rows, same weights); the base method asks the sampler for it
+    with distributed.full_weights(run.model):  # sharded: every rank samples on the whole weights
+        outputs = run.sampler.generate(prompts, params, score=config.verifier_coef == 0)
+    t1 = time.perf_counter()
+    rewards, num_timeouts, num_errors = score_rollouts(outputs, batch, prompts, run.grader, run.reward_fn)
+    rolled = dynamic_sampling.Rollouts(batch, prompts, outputs, rewards, num_timeouts, num_errors)
+    if config.dynamic_sampling:  # DAPO: more problems until prompts_per_step groups have varied rewards
+        rolled = dynamic_sampling.fill(run, rolled, step)  # time/grading holds these rounds (time/dynamic_sampling)
+    return rolled, params.seed, (t1, time.perf_counter())
 
 
 def _vine_advantages(run: Run, rollouts: StepRollouts, sampling_seconds: float) -> tuple[list[torch.Tensor], dict]:

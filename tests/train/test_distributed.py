@@ -215,8 +215,15 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(micro_dir, r
 
 HANG = textwrap.dedent('''
     import os, sys, time
+    from pathlib import Path
     import torch
     from rlvfast.train import distributed
+    # both ranks start the group together: under load one may take longer than the 3 s timeout
+    # to import torch, which would end the rendezvous, not the collective this test is about
+    ready = Path(sys.argv[1])
+    (ready / os.environ["RANK"]).touch()
+    while len(list(ready.iterdir())) < 2:
+        time.sleep(0.05)
     world = distributed.init(torch.device("cpu"), 3)
     if world.rank == 1:
         time.sleep(30)
@@ -235,7 +242,9 @@ def test_a_hung_peer_ends_a_collective_with_the_timeout(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}
     with socket_port() as port:
         env["MASTER_PORT"] = str(port)
-    procs = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), str(ready)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
     try:
         out, _ = procs[0].communicate(timeout=60)
