@@ -321,7 +321,7 @@ def test_rollout_correction_weights_tokens_and_reports_the_gap(micro):
     gaps = [0.1, 1.0, -0.5]
     samples = shifted_samples(model, gaps)
     out = unified_loss(model, samples, LossConfig(verifier_coef=0.0, rollout_correction=2.0))
-    expected, k, num_tokens = 0.0, 0, 0
+    expected, k = 0.0, 0
     for s in samples:
         for _ in s.completion_ids:
             expected += s.token_weight * -min(math.exp(gaps[k % 3]), 2.0) * s.advantage
