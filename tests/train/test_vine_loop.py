@@ -194,14 +194,3 @@ def test_bad_vine_options_name_the_value(micro_dir, tmp_path):
         config(micro_dir, tmp_path, vine_samples=0)
     with pytest.raises(UserError, match="--vine-max-steps must be an int >= 0, got -1"):
         config(micro_dir, tmp_path, vine_max_steps=-1)
-
-
-def test_torchrun_refuses_vineppo_before_training(micro_dir, tmp_path, monkeypatch):
-    """Under torchrun (here a world of one, faked) --algo vineppo is a user error, before OUT is made."""
-    from rlvfast.train import distributed
-
-    monkeypatch.setattr(distributed, "init", lambda device, timeout_s: distributed.World(0, 1, 0, timeout_s, True))
-    monkeypatch.setattr(distributed, "destroy", lambda: None)
-    with pytest.raises(UserError, match="--algo vineppo is not supported under torchrun"):
-        train_mod.train(config(micro_dir, tmp_path / "run"), log=quiet)
-    assert not (tmp_path / "run").exists()
