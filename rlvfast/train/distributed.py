@@ -8,7 +8,8 @@ group (to load a sharded checkpoint without torchrun). `World` says who this pro
 holds the collectives the trainer uses: gather a Python list from every rank (rank order, so
 the concatenation is the one-process batch), sum floats, a barrier, broadcast from rank 0.
 A collective that fails (a peer died, or did not answer within the timeout) raises
-`DistributedError` naming this rank and the collective. `shard` applies FSDP2 (`fully_shard`:
+`DistributedError` naming this rank and the collective; the group is then broken: `destroy`
+leaves it alone and `abandon` ends the process without tearing it down. `shard` applies FSDP2 (`fully_shard`:
 each decoder layer, then the root, which keeps the embeddings, the final norm and the lm head;
 gradients summed over ranks, not averaged), `full_weights` unshards every FSDP2 unit for a
 block (sampling: the Sampler reads the weights directly), `clip_grad_norm` is the global norm
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +41,9 @@ class DistributedError(RuntimeError):
     """A collective failed: a peer rank died or did not answer within --dist-timeout."""
 
 
+_broken = False  # a collective failed: the process group cannot be torn down (see `abandon`)
+
+
 @dataclass(frozen=True, slots=True)
 class World:
     """This process's place in the job: rank, world size, local rank (its GPU on the node)."""
@@ -54,9 +59,11 @@ class World:
         return self.rank == 0
 
     def _check(self, what: str, fn, *args):
+        global _broken
         try:
             return fn(*args)
         except (RuntimeError, ConnectionError) as e:  # gloo/nccl: DistBackendError, "Connection closed by peer"
+            _broken = True
             raise DistributedError(f"rank {self.rank} of {self.size}: {what} failed: a peer rank died or did not "
                                    f"answer within --dist-timeout {self.timeout_s} s ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
@@ -136,9 +143,23 @@ def join_alone(device: torch.device, timeout_s: int = 600) -> World:
 
 
 def destroy() -> None:
-    """Leaves the process group, if any (`init`'s or `join_alone`'s; call it in a finally)."""
-    if dist.is_initialized():
+    """Leaves the process group, if any (`init`'s or `join_alone`'s; call it in a finally).
+    A broken group (a collective failed) is left as it is: see `abandon`."""
+    if dist.is_initialized() and not _broken:
         dist.destroy_process_group()
+
+
+def abandon(code: int) -> None:
+    """After a failed collective: ends the process with `code` at once (stdout and stderr
+    flushed). The broken group cannot be torn down: gloo and nccl have no abort for a pending
+    collective, and their threads, destroyed at interpreter exit, can abort the process
+    (SIGABRT, "terminate called without an active exception") instead of exiting with `code`.
+    Returns (does nothing) when no collective failed."""
+    if not _broken:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def device_of(world: World, device: torch.device) -> torch.device:

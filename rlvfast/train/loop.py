@@ -517,6 +517,7 @@ def _main(argv: list[str] | None) -> int:
         train(config)
     except (TrainingError, ckpt.CheckpointError, distributed.DistributedError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        distributed.abandon(1)  # a failed collective: exit now, the broken group left alone
         return 1
     return 0
 

@@ -230,9 +230,11 @@ HANG = textwrap.dedent('''
         sys.exit(0)
     try:
         world.sum([1.0], "summing the loss")
-    except distributed.DistributedError as e:
+    except distributed.DistributedError as e:  # what the trainer does: `train`'s finally, then `_main`
         print("ERROR", e)
-        sys.exit(1)
+        distributed.destroy()
+        distributed.abandon(1)
+    sys.exit(3)  # abandon returned: no collective failed
 ''')
 
 
