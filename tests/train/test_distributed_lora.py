@@ -70,20 +70,22 @@ def test_a_lora_step_at_world_size_2_equals_one_process(runs, micro_dir, tmp_pat
         assert float((got[name] - tensor).norm()) <= 1e-5 * float(moved.norm()), name
 
 
-def test_final_is_the_merged_model_as_in_one_process(runs):
+def test_final_is_the_merged_model_as_in_one_process(runs, micro_dir):
     two, one = runs
     want = load_file(one / "final" / "model.safetensors")
     assert load_file(two / "final" / "model.safetensors").keys() == want.keys()  # a plain model: no adapter left
     got, tokenizer = load_model(two / "final", device=torch.device("cpu"))
-    state = got.state_dict()
+    state, start = got.state_dict(), load_file(micro_dir / "model.safetensors")
     for name, tensor in want.items():
         assert float((state[name] - tensor).norm()) <= 1e-5 * float(tensor.norm()), name
+        if name.endswith("proj.weight"):  # the adapted projections: merged, far from their start
+            assert float((tensor - start[name]).norm()) > 1e-2 * float(tensor.norm()), name
     sampler = Sampler(got, tokenizer, verify_prompt="\nOK?\n")
     out = sampler.generate(["1+1="], SamplingParams(n=2, max_tokens=4, seed=0))
     assert len(out[0].completions) == 2
 
 
-def test_resume_lora_at_world_size_2_and_1(runs, micro_dir, reward_dir, tmp_path):
+def test_lora_resumes_2_to_2_exactly_2_to_1_and_1_to_2(runs, micro_dir, reward_dir, tmp_path):
     """2 -> 2 and 1 -> 2 (a one-process adapter checkpoint) under torchrun, 2 -> 1 in one process."""
     two, one = runs
     again, from_one = interrupted_copy(two, tmp_path / "ws2"), interrupted_copy(one, tmp_path / "ws1to2")
