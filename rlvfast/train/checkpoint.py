@@ -23,10 +23,11 @@ a crash between them is repaired by `clean_stale` (old final restored), which ev
 first and a run should call at its start. `clean_stale` also deletes what crashed writes leave
 (`.tmp-final-*`, `.old-final-*`, `.latest-*`, `checkpoints/.tmp-*`).
 
-Under torchrun (`save_sharded_checkpoint`) a checkpoint holds `dcp/` (the model and optimizer
-as torch.distributed.checkpoint shards, readable at any world size), `rng-RRRRR.pt` per rank and
-`trainer_state.pt`, committed by rank 0 by the same protocol once every rank has written; OUT/final
-is gathered on rank 0 into one Hugging Face directory (`save_final_gathered`).
+Under torchrun (`save_sharded_checkpoint`) a checkpoint holds `dcp/` (the trained weights, with
+LoRA the adapters alone, and the optimizer as torch.distributed.checkpoint shards, readable at any
+world size), `rng-RRRRR.pt` per rank and `trainer_state.pt`, committed by rank 0 by the same
+protocol once every rank has written; OUT/final is gathered on rank 0 into one Hugging Face
+directory (`save_final_gathered`).
 
 Any failure while saving raises `CheckpointError` naming what failed and the last complete
 checkpoint, after removing its temporary directory; nothing already on disk is lost, so the
@@ -343,11 +344,21 @@ def _begin_sharded(out: Path, step: int, world) -> tuple[str, Path]:
     return name, Path(tmp)
 
 
+def _trained_state(model) -> dict[str, Any]:
+    """The model state a sharded checkpoint holds: every weight, or of a LoRA model the adapters alone
+    (its frozen base comes from the run's start on resume). By name, since a frozen tied weight
+    (lm_head.weight, the embeddings' tensor) is one parameter: `ignore_frozen_params` keeps it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {name: value for name, value in get_model_state_dict(model).items() if name not in frozen}
+
+
 def _write_shards(tmp: Path, model, optimizer, rank: int) -> None:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": _trained_state(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp.save(state, checkpoint_id=tmp / SHARDED)
     torch.save(rng_state(), tmp / _rng_file(rank))
 
@@ -403,16 +414,16 @@ def load_sharded(path: Path, model, optimizer, rank: int) -> None:
     """A sharded checkpoint's model and optimizer state into `model` (FSDP2, any world size: DCP
     reshards) and `optimizer`, and this rank's RNG state (rank 0's when the checkpoint had fewer ranks)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
 
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    state = {"model": _trained_state(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     try:
         dcp.load(state, checkpoint_id=Path(path) / SHARDED)
     except Exception as e:
         raise CheckpointError(f"--resume: cannot read the shards in {Path(path) / SHARDED}: {type(e).__name__}: "
                               f"{e}") from e
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))  # the frozen base: absent
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     rng = Path(path) / _rng_file(rank)
     set_rng_state(torch.load(rng if rng.is_file() else Path(path) / _rng_file(0), weights_only=False))
@@ -429,22 +440,21 @@ def load_full_optimizer(model, optimizer, plain_state: dict[str, Any]) -> None:
     set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
 
-def save_final_gathered(out: str | os.PathLike, model, tokenizer, plain_model, world) -> Path:
-    """Under torchrun, on every rank: the full weights gathered on rank 0 (on the CPU), loaded into
-    `plain_model()` (an unsharded model of the same architecture) and written by `save_final`.
-    CheckpointError on every rank when that fails."""
+def save_final_gathered(out: str | os.PathLike, model, tokenizer, final_model, world) -> Path:
+    """Under torchrun, on every rank: the full weights gathered on rank 0 (on the CPU), made into the
+    model to write by `final_model(state dict)` (an unsharded model of the same architecture holding
+    them; with LoRA, the adapters merged) and written by `save_final`. CheckpointError on every rank
+    when that fails."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     error = None
     if world.is_main:
         try:
-            plain = plain_model()
-            plain.load_state_dict(full)
-            save_final(out, plain, tokenizer)
+            save_final(out, final_model(full), tokenizer)
         except CheckpointError as e:
             error = str(e)
-        except Exception as e:  # loading the gathered weights into the plain model
+        except Exception as e:  # making the final model of the gathered weights
             error = f"final model not saved: {type(e).__name__}: {e}; the last complete checkpoint is {_last_complete(Path(out))}"
     world_error = world.broadcast(error, "writing the final model")
     if world_error:

@@ -13,7 +13,9 @@ leaves it alone and `abandon` ends the process without tearing it down. `shard` 
 each decoder layer, then the root, which keeps the embeddings, the final norm and the lm head;
 gradients summed over ranks, not averaged), `full_weights` unshards every FSDP2 unit for a
 block (sampling: the Sampler reads the weights directly), `clip_grad_norm` is the global norm
-of sharded gradients.
+of sharded gradients. A LoRA model (peft wraps the linears in place, `base_model.layers` stays)
+is sharded the same way: a unit holds frozen base weights and trainable adapters together, and
+FSDP2 reduce-scatters the gradients there are, the adapters'.
 
 Not here: what is sharded when (`rlvfast.train.loop`), the sharded checkpoint files
 (`rlvfast.train.checkpoint`).

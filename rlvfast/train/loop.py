@@ -191,8 +191,8 @@ def fit(config: TrainConfig, shared: Shared, splits: dict[str, list[Problem]], l
     else:
         start_step, num_bad, warm_eval = 0, 0, _evaluate_start(run, splits, log)
     _run_steps(run, shared.problems, (start_step, num_bad), warm_eval, log)
-    if run.adapter is not None:  # final/ is the plain model: the adapters merged into its weights
-        run.model, run.adapter = run.adapter.merge_and_unload(), None
+    if run.adapter is not None and not run.world.is_distributed:  # final/ is the plain model: the adapters
+        run.model, run.adapter = run.adapter.merge_and_unload(), None  # merged (sharded: on rank 0, `_save_final`)
     _save_final(run, Path(config.out) / "metrics.jsonl")
     return run, warm_eval
 
@@ -496,11 +496,11 @@ def _save_checkpoint(run: Run, step: int, trainer_state: dict, log) -> None:
 
 def _save_final(run: Run, metrics_path: Path) -> None:
     """OUT/final; sharded: the weights gathered on rank 0, saved through a plain model of the same
-    architecture (a Hugging Face directory as in one process)."""
+    architecture, LoRA adapters merged (a Hugging Face directory as in one process)."""
     out = Path(run.config.out)
     try:
         if run.world.is_distributed:
-            ckpt.save_final_gathered(out, run.model, run.tokenizer, lambda: setup.plain_model(run.config, _quiet),
+            ckpt.save_final_gathered(out, run.model, run.tokenizer, partial(setup.final_model, run.config, log=_quiet),
                                      run.world)
         else:
             ckpt.save_final(out, run.model, run.tokenizer)

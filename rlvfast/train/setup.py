@@ -126,13 +126,18 @@ def start_path(config: TrainConfig, log) -> str:
     return config.model
 
 
-def plain_model(config: TrainConfig, log) -> torch.nn.Module:
-    """The run's architecture on the CPU, unsharded, in --dtype's weights (its start's weights): rank 0
-    loads the gathered weights into it to write OUT/final under torchrun."""
+def final_model(config: TrainConfig, state: dict[str, torch.Tensor], log) -> torch.nn.Module:
+    """The run's architecture on the CPU, unsharded, in --dtype's weights, holding `state` (the trained
+    model's full state dict, gathered on rank 0 to write OUT/final under torchrun); with --lora-r the
+    adapters are merged into the weights, as one process's final/ (`merge_and_unload`)."""
     from rlvfast.models import load_model
 
-    model, _ = load_model(start_path(config, log), device=torch.device("cpu"))
-    return model.to(precision.weight_dtype(config.dtype))
+    init_path = start_path(config, log)
+    model, _ = load_model(init_path, device=torch.device("cpu"))
+    model.to(precision.weight_dtype(config.dtype))
+    adapter = _add_lora(model, config, init_path, None) if config.lora_r else None
+    model.load_state_dict(state)
+    return adapter.merge_and_unload() if adapter is not None else model
 
 
 def check_distributed(config: TrainConfig, world) -> None:
@@ -143,9 +148,6 @@ def check_distributed(config: TrainConfig, world) -> None:
     if config.is_comparison:
         raise UserError("--compare trains the base method and RL^V one after the other in one process; under "
                         "torchrun pass --no-compare (and train the base method with --verifier-coef 0 if wanted)")
-    if config.lora_r:
-        raise UserError(f"--lora-r {config.lora_r}: LoRA is not supported under torchrun (FSDP2) yet; train "
-                        f"every weight (--lora-r 0) or run in one process")
     if config.dtype == "bf16":
         raise UserError("--dtype bf16 (bf16 weights, float32 master copies) is not supported under torchrun; "
                         "--dtype auto shards float32 weights and computes in bf16 on GPUs (FSDP2 mixed precision)")
