@@ -48,8 +48,9 @@ from rlvfast.train import distributed, dynamic_sampling, heads, precision, run_d
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.loss import LossConfig, Sample, build_rows, rlv_loss
 from rlvfast.train.report import eval_problems, evaluate, format_table
-from rlvfast.train.rollouts import (StepRollouts, WholeBatch, problems_for_step, rollout_metrics, score_rollouts,
-                                    step_seed, to_samples, verifier_step_metrics, vine_advantages)
+from rlvfast.train.rollouts import (VINE_COUNTS, StepRollouts, WholeBatch, problems_for_step, rollout_metrics,
+                                    score_rollouts, step_seed, to_samples, verifier_step_metrics, vine_advantages,
+                                    vine_value_metrics)
 
 PROG = "rlvfast.train"
 
@@ -324,7 +325,7 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     """Sample, grade, advantages, update: one RL^V step. Returns (metrics, update result)."""
     config, sampler, world = run.config, run.sampler, run.world
     t0 = time.perf_counter()
-    batch, first = distributed.local_slice(world, batch)  # this rank's whole groups
+    batch, _ = distributed.local_slice(world, batch)  # this rank's whole groups
     rolled, seed, (t1, t2) = _roll_out(run, batch, step)
     outputs, rewards, num_timeouts, num_errors = rolled.outputs, rolled.rewards, rolled.num_timeouts, rolled.num_errors
     completions = [c for o in outputs for c in o.completions]
@@ -336,7 +337,7 @@ def rl_step(run: Run, batch: list[Problem], step: int) -> tuple[dict, dict]:
     if world.is_distributed:  # the loss weights are normalized over every rank's samples
         whole = WholeBatch(world.gather(rewards, "gathering the rewards"),
                            world.gather([len(c.token_ids) for c in completions], "gathering the lengths"),
-                           first * config.group_size)
+                           world.rank * len(completions))  # every rank holds as many (its share of each round)
     samples = to_samples(outputs, rewards, config, sampler.yes_id, sampler.no_id, whole, token_advantages,
                          is_policy=rolled.is_policy)
     run.model.train()
@@ -380,13 +381,21 @@ def _roll_out(run: Run, batch: list[Problem], step: int) -> tuple[dynamic_sampli
 def _vine_advantages(run: Run, rollouts: StepRollouts, sampling_seconds: float) -> tuple[list[torch.Tensor], dict]:
     """--algo vineppo: the rollouts' per-token advantages and vine/* metrics (`vine_advantages`), with
     time/mc (the whole Monte Carlo phase) and vine/mc_time_share, the continuations' share of
-    the step's sampling time (rollouts and continuations)."""
+    the step's sampling time (rollouts and continuations). Under torchrun each rank continues its
+    own rollouts (local advantages; a continuation's stream is keyed by its state, so they are
+    one process's); the value metrics are over every rank's rollouts, the counts summed (a state
+    shared by groups on two ranks is continued, and counted, on both), the times this rank's."""
     t0 = time.perf_counter()
     grade = partial(score_rollouts, grader=run.grader, reward_fn=run.reward_fn)
     with distributed.full_weights(run.model):
-        advantages, metrics = vine_advantages(run.sampler, rollouts, grade, run.config)
+        advantages, values, metrics = vine_advantages(run.sampler, rollouts, grade, run.config)
+    if run.world.is_distributed:
+        values = run.world.gather(values, "gathering the state values")
+        counts = run.world.sum([metrics[k] for k in VINE_COUNTS], "summing the Monte Carlo counts")
+        metrics |= {k: int(n) for k, n in zip(VINE_COUNTS, counts)}
     mc = metrics["time/mc_sampling"]
-    metrics |= {"time/mc": time.perf_counter() - t0, "vine/mc_time_share": mc / (sampling_seconds + mc)}
+    metrics = vine_value_metrics(values) | metrics | {"time/mc": time.perf_counter() - t0,
+                                                      "vine/mc_time_share": mc / (sampling_seconds + mc)}
     return advantages, metrics
 
 

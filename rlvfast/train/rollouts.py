@@ -137,11 +137,12 @@ Grade = Callable[[list, list[Problem], list[str]], tuple[list[float | None], int
 
 
 def vine_advantages(sampler, rollouts: StepRollouts, grade: Grade,
-                    config: TrainConfig) -> tuple[list[torch.Tensor], dict]:
+                    config: TrainConfig) -> tuple[list[torch.Tensor], list[list[float] | None], dict]:
     """VinePPO's per-token advantages of every completion, in order ((len(token_ids),) float32; zeros
-    for a reward of None), and their metrics: `vine.step_metrics`, the states continued, the
-    grader's time-outs and errors on the continued solutions, and time/mc_sampling (the
-    continuations) and time/mc_grading.
+    for a reward of None), the state values V(s_0) .. V(s_T) of each (None for a reward of None;
+    their metrics: `vine_value_metrics`), and the other metrics: the states continued, the
+    grader's time-outs and errors on the continued solutions (`VINE_COUNTS`), time/mc_sampling
+    (the continuations) and time/mc_grading.
 
     States: s_0 and the ends of a rollout's steps (`vine.step_boundaries`, --vine-max-steps),
     each distinct state once (`vine.unique_states`); --vine-samples continuations from each,
@@ -175,11 +176,18 @@ def vine_advantages(sampler, rollouts: StepRollouts, grade: Grade,
                                                        len(vine.step_ends(texts[k])))
               for k, r in enumerate(rollouts.rewards)]
     advantages = [_token_advantages(t, v) for t, v in zip(texts, values)]
-    valid = [v for v in values if v is not None]
-    metrics = {**vine.step_metrics(valid, [vine.step_advantages(v) for v in valid]), "vine/states": len(states),
-               "vine/grader_timeouts": num_timeouts, "vine/grader_errors": num_errors,
+    metrics = {"vine/states": len(states), "vine/grader_timeouts": num_timeouts, "vine/grader_errors": num_errors,
                "time/mc_sampling": t1 - t0, "time/mc_grading": t2 - t1}
-    return advantages, metrics
+    return advantages, values, metrics
+
+
+VINE_COUNTS = ("vine/states", "vine/grader_timeouts", "vine/grader_errors")  # `vine_advantages`' counts
+
+
+def vine_value_metrics(values: list[list[float] | None]) -> dict[str, float]:
+    """`vine.step_metrics` of the rollouts' state values (`vine_advantages`; None ones left out)."""
+    valid = [v for v in values if v is not None]
+    return vine.step_metrics(valid, [vine.step_advantages(v) for v in valid])
 
 
 def _token_advantages(texts: list[str], values: list[float] | None) -> torch.Tensor:

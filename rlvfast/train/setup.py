@@ -151,12 +151,6 @@ def check_distributed(config: TrainConfig, world) -> None:
     if config.dtype == "bf16":
         raise UserError("--dtype bf16 (bf16 weights, float32 master copies) is not supported under torchrun; "
                         "--dtype auto shards float32 weights and computes in bf16 on GPUs (FSDP2 mixed precision)")
-    if config.algo == "vineppo":
-        raise UserError("--algo vineppo is not supported under torchrun yet (its Monte Carlo values are "
-                        "untested there); run it in one process")
-    if config.dynamic_sampling:
-        raise UserError("--dynamic-sampling is not supported under torchrun yet (the ranks would have to "
-                        "agree on each round's useful groups); run it in one process")
 
 
 def make_optimizer(params, config: TrainConfig):

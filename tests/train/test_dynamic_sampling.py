@@ -11,7 +11,7 @@ import torch
 from rlvfast.cli import UserError
 from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.tasks.problems import Problem
-from rlvfast.train import distributed, dynamic_sampling
+from rlvfast.train import dynamic_sampling
 from rlvfast.train import loop as train_mod
 from rlvfast.train import setup
 from rlvfast.train.config import TrainConfig
@@ -195,15 +195,6 @@ def test_a_rounds_problems_are_a_function_of_seed_step_and_round(micro_dir, tmp_
 def test_bad_options_are_named(micro_dir, tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         config(micro_dir, tmp_path, **overrides)
-
-
-def test_torchrun_refuses_dynamic_sampling_before_training(micro_dir, tmp_path, monkeypatch):
-    """Under torchrun (here a world of one, faked) --dynamic-sampling is a user error, before OUT is made."""
-    monkeypatch.setattr(distributed, "init", lambda device, timeout_s: distributed.World(0, 1, 0, timeout_s, True))
-    monkeypatch.setattr(distributed, "destroy", lambda: None)
-    with pytest.raises(UserError, match="--dynamic-sampling is not supported under torchrun"):
-        train_mod.train(config(micro_dir, tmp_path / "run"), log=quiet)
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("loss_agg, policy_weights", [
