@@ -429,6 +429,20 @@ def load_full_optimizer(model, optimizer, plain_state: dict[str, Any]) -> None:
     set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
 
+def load_master_weights(model, tensors: list[torch.Tensor]) -> None:
+    """A one-process --dtype bf16 checkpoint's float32 master weights (its `master_weights`, in
+    the order of the model's trainable parameters) into the same model FSDP2-sharded: they become
+    its float32 shards (the bf16 weights saved beside them are their rounding)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # MasterWeights' order
+    if len(tensors) != len(names):
+        raise CheckpointError(f"--resume: the checkpoint holds {len(tensors)} master weights, the model trains "
+                              f"{len(names)} parameters")
+    # strict=False: a tied lm head is the embeddings' parameter, named once here
+    set_model_state_dict(model, dict(zip(names, tensors)), options=StateDictOptions(full_state_dict=True, strict=False))
+
+
 def save_final_gathered(out: str | os.PathLike, model, tokenizer, plain_model, world) -> Path:
     """Under torchrun, on every rank: the full weights gathered on rank 0 (on the CPU), loaded into
     `plain_model()` (an unsharded model of the same architecture) and written by `save_final`.

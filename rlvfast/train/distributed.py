@@ -181,16 +181,21 @@ def local_slice(world: World, items: list) -> tuple[list, int]:
 
 
 # ----------------------------------------------------------------------------- FSDP2
-def shard(model: torch.nn.Module, device: torch.device, dtype_name: str) -> None:
+def shard(model: torch.nn.Module, dtype_name: str) -> None:
     """FSDP2 in place: each decoder layer, then the root (embeddings, final norm and lm head,
     tied or not, in the root's unit). Gradients are summed over ranks (the loss weights are
-    normalized over the global batch already). bf16 mixed precision on CUDA unless --dtype fp32."""
+    normalized over the global batch already). The shards are float32 (upcast from --dtype
+    bf16's weights, exactly): the optimizer steps them, so they are the master weights. --dtype
+    bf16: FSDP2 mixed precision, the unsharded weights (sampling, forward, backward) in bf16,
+    the gradients reduced in float32; auto and fp32: float32 throughout (auto's bf16 autocast
+    on cuda is `precision.autocast`'s, as in one process)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # the trainer reads the root's outputs (hidden states) without in-place ops, which FSDP2 warns against
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
+    model.float()
     policy = MixedPrecisionPolicy()
-    if device.type == "cuda" and dtype_name != "fp32":
+    if dtype_name == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.base_model.layers:
         fully_shard(layer, mp_policy=policy)

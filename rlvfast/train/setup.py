@@ -146,9 +146,6 @@ def check_distributed(config: TrainConfig, world) -> None:
     if config.lora_r:
         raise UserError(f"--lora-r {config.lora_r}: LoRA is not supported under torchrun (FSDP2) yet; train "
                         f"every weight (--lora-r 0) or run in one process")
-    if config.dtype == "bf16":
-        raise UserError("--dtype bf16 (bf16 weights, float32 master copies) is not supported under torchrun; "
-                        "--dtype auto shards float32 weights and computes in bf16 on GPUs (FSDP2 mixed precision)")
     if config.algo == "vineppo":
         raise UserError("--algo vineppo is not supported under torchrun yet (its Monte Carlo values are "
                         "untested there); run it in one process")

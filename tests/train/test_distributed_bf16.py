@@ -1,0 +1,130 @@
+"""`torchrun -m rlvfast.train --dtype bf16` on the CPU (gloo, FSDP2 mixed precision) against one process.
+
+One process with --dtype bf16 keeps bf16 weights and float32 master copies; FSDP2 keeps float32
+shards (the master weights) and gathers them in bf16. Both sample and run the forward on the
+same bf16 weights (the rounding of the same float32 masters), but they round in different
+places: one process runs the packed forward and sums its two micro-batches' bf16 gradients in
+bf16 before the float32 copy; FSDP2 runs HF's forward, each rank's one micro-batch's bf16
+gradient is cast to float32 and summed over the ranks in float32. So the step's loss and grad
+norm differ by rounding only (`BF16_REL`); the weights after the step differ where Adam's first
+step, lr * g / (|g| + eps) ~ lr * sign(g), sees a gradient element smaller than those roundings
+and moves it the other way (`assert_same_update`). The micro model, options and launch helpers
+are `test_distributed`'s.
+"""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlvfast.models import load_model
+from rlvfast.train import checkpoint as ckpt
+from rlvfast.train import distributed, precision
+from rlvfast.train import loop as train_mod
+from test_distributed import (COMPARED, config, finish, interrupted_copy, metrics, micro_dir, quiet,  # noqa: F401
+                              reward_dir, sharded_weights, torchrun)
+
+# one optimizer step per batch: the logged loss and grad norm are those of the weights both runs start the step on;
+# lr 1e-4: a step moves a weight (~0.02) by less than a few bf16 steps of it, where master weights matter
+BF16 = dict(dtype="bf16", ppo_epochs=1, lr=1e-4)
+# one bf16 rounding (8-bit significand) of one element; the loss and the norm sum many elements
+# whose roundings partly cancel, so two roundings of them differ by less (measured: 5e-8, 3e-5)
+BF16_REL = 2.0 ** -9
+
+
+def assert_same_step(got: dict, want: dict) -> None:
+    for key in COMPARED:
+        assert got[key] == pytest.approx(want[key], rel=BF16_REL, abs=1e-6), key
+
+
+def assert_same_update(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], lr: float) -> None:
+    """float32 weights after the same Adam step from the same weights. Adam moves an element by ~lr at
+    most; the gradients' rounding differences (~2^-8 relative) change that by ~lr / 256, so the median
+    element agrees within lr / 100 (a master weight rounded to bf16 is off by up to 2^-9 of itself, a
+    median ~1e-5 here, 10x more). An element whose gradient is within those differences of 0 may
+    move the other way, by up to 2 lr in all: at most 2% of them."""
+    for name, tensor in want.items():
+        diff = (got[name] - tensor).abs()
+        assert float(diff.median()) <= lr / 100, name
+        assert float((diff > lr / 10).float().mean()) <= 0.02, name
+        assert float(diff.max()) <= 2 * lr * (1 + 1e-3), name
+
+
+def untimed(step: dict) -> dict:
+    """A step's metrics but its clock readings."""
+    return {k: v for k, v in step.items() if not k.startswith("time/") and k != "tokens_per_second"}
+
+
+def master_weights(path) -> dict[str, torch.Tensor]:
+    """A one-process --dtype bf16 checkpoint's float32 master weights by parameter name."""
+    model, _ = load_model(path, device=torch.device("cpu"))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return dict(zip(names, ckpt.load_trainer_state(path)["master_weights"]))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(micro_dir, reward_dir, tmp_path_factory):
+    """A 3-step --dtype bf16 run at world size 2, a checkpoint after every step."""
+    out = tmp_path_factory.mktemp("bf16ws2") / "run"
+    finish(torchrun(config(micro_dir, out, **BF16), reward_dir))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(micro_dir, reward_dir, tmp_path_factory):
+    """The same run in one process."""
+    out = tmp_path_factory.mktemp("bf16ws1") / "run"
+    train_mod.train(config(micro_dir, out, **BF16), log=quiet)
+    return out
+
+
+def test_a_bf16_step_at_world_size_2_equals_one_process(two_ranks, one_process):
+    assert_same_step(metrics(two_ranks)[0], metrics(one_process)[0])
+    step1 = "checkpoints/step-000001"
+    got = sharded_weights(two_ranks / step1)
+    assert all(t.dtype == torch.float32 for t in got.values())  # DCP holds the float32 shards
+    assert_same_update(got, master_weights(one_process / step1), BF16["lr"])
+
+
+def test_final_is_the_bf16_rounding_of_the_shards_as_in_one_process(two_ranks, one_process):
+    final = load_file(two_ranks / "final" / "model.safetensors")
+    shards = sharded_weights(two_ranks / "checkpoints" / "step-000003")
+    assert final.keys() == load_file(one_process / "final" / "model.safetensors").keys()
+    for name, tensor in final.items():
+        assert tensor.dtype == torch.bfloat16, name
+        assert torch.equal(tensor, shards[name].bfloat16()), name
+
+
+def test_bf16_resume_at_world_size_2_and_1(two_ranks, micro_dir, reward_dir, tmp_path):
+    again = interrupted_copy(two_ranks, tmp_path / "ws2")
+    proc = torchrun(config(micro_dir, again, resume=True, **BF16), reward_dir)
+    alone = interrupted_copy(two_ranks, tmp_path / "ws1")
+    train_mod.train(config(micro_dir, alone, resume=True, **BF16), log=quiet)  # the float32 shards on one rank
+    finish(proc)
+    want = metrics(two_ranks)
+    assert [untimed(m) for m in metrics(again)] == [untimed(m) for m in want]  # the same world size: bit for bit
+    assert metrics(alone)[:2] == want[:2]
+    assert_same_step(metrics(alone)[2], want[2])
+
+
+def test_a_one_process_bf16_checkpoint_resumes_at_world_size_2(one_process, micro_dir, reward_dir, tmp_path):
+    resumed = interrupted_copy(one_process, tmp_path / "one")
+    finish(torchrun(config(micro_dir, resumed, resume=True, **BF16), reward_dir))
+    assert_same_step(metrics(resumed)[2], metrics(one_process)[2])
+    step3 = "checkpoints/step-000003"
+    assert_same_update(sharded_weights(resumed / step3), master_weights(one_process / step3), BF16["lr"])
+
+
+def test_master_weights_become_the_float32_shards(micro_dir):
+    model, _ = load_model(micro_dir, device=torch.device("cpu"))
+    model.to(torch.bfloat16)
+    master = precision.MasterWeights(precision.trainable(model))
+    torch.manual_seed(0)
+    for p in master.params:  # float32 values a bf16 weight cannot hold
+        p.data += 1e-4 * torch.randn_like(p)
+    distributed.join_alone(torch.device("cpu"))
+    try:
+        distributed.shard(model, "bf16")
+        ckpt.load_master_weights(model, master.state_dict())
+        for p, want in zip(precision.trainable(model), master.params):
+            assert torch.equal(p.full_tensor(), want.detach())
+    finally:
+        distributed.destroy()
