@@ -63,22 +63,17 @@ def master_weights(path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(micro_dir, reward_dir, tmp_path_factory):
-    """A 3-step --dtype bf16 run at world size 2, a checkpoint after every step."""
-    out = tmp_path_factory.mktemp("bf16ws2") / "run"
-    finish(torchrun(config(micro_dir, out, **BF16), reward_dir))
-    return out
+def runs(micro_dir, reward_dir, tmp_path_factory):
+    """(a 3-step --dtype bf16 run at world size 2, the same in one process), a checkpoint after every step."""
+    two_ranks, one_process = (tmp_path_factory.mktemp(name) / "run" for name in ("bf16ws2", "bf16ws1"))
+    proc = torchrun(config(micro_dir, two_ranks, **BF16), reward_dir)
+    train_mod.train(config(micro_dir, one_process, **BF16), log=quiet)
+    finish(proc)
+    return two_ranks, one_process
 
 
-@pytest.fixture(scope="module")
-def one_process(micro_dir, reward_dir, tmp_path_factory):
-    """The same run in one process."""
-    out = tmp_path_factory.mktemp("bf16ws1") / "run"
-    train_mod.train(config(micro_dir, out, **BF16), log=quiet)
-    return out
-
-
-def test_a_bf16_step_at_world_size_2_equals_one_process(two_ranks, one_process):
+def test_a_bf16_step_at_world_size_2_equals_one_process(runs):
+    two_ranks, one_process = runs
     assert_same_step(metrics(two_ranks)[0], metrics(one_process)[0])
     step1 = "checkpoints/step-000001"
     got = sharded_weights(two_ranks / step1)
@@ -86,7 +81,8 @@ def test_a_bf16_step_at_world_size_2_equals_one_process(two_ranks, one_process):
     assert_same_update(got, master_weights(one_process / step1), BF16["lr"])
 
 
-def test_final_is_the_bf16_rounding_of_the_shards_as_in_one_process(two_ranks, one_process):
+def test_final_is_the_bf16_rounding_of_the_shards_as_in_one_process(runs):
+    two_ranks, one_process = runs
     final = load_file(two_ranks / "final" / "model.safetensors")
     shards = sharded_weights(two_ranks / "checkpoints" / "step-000003")
     assert final.keys() == load_file(one_process / "final" / "model.safetensors").keys()
@@ -95,24 +91,22 @@ def test_final_is_the_bf16_rounding_of_the_shards_as_in_one_process(two_ranks, o
         assert torch.equal(tensor, shards[name].bfloat16()), name
 
 
-def test_bf16_resume_at_world_size_2_and_1(two_ranks, micro_dir, reward_dir, tmp_path):
-    again = interrupted_copy(two_ranks, tmp_path / "ws2")
-    proc = torchrun(config(micro_dir, again, resume=True, **BF16), reward_dir)
+def test_bf16_checkpoints_resume_at_world_size_2_and_1_and_from_one_process(runs, micro_dir, reward_dir, tmp_path):
+    two_ranks, one_process = runs
+    again, from_one = interrupted_copy(two_ranks, tmp_path / "ws2"), interrupted_copy(one_process, tmp_path / "1to2")
+    procs = [torchrun(config(micro_dir, out, resume=True, **BF16), reward_dir) for out in (again, from_one)]
     alone = interrupted_copy(two_ranks, tmp_path / "ws1")
     train_mod.train(config(micro_dir, alone, resume=True, **BF16), log=quiet)  # the float32 shards on one rank
-    finish(proc)
+    for proc in procs:
+        finish(proc)
     want = metrics(two_ranks)
     assert [untimed(m) for m in metrics(again)] == [untimed(m) for m in want]  # the same world size: bit for bit
     assert metrics(alone)[:2] == want[:2]
     assert_same_step(metrics(alone)[2], want[2])
-
-
-def test_a_one_process_bf16_checkpoint_resumes_at_world_size_2(one_process, micro_dir, reward_dir, tmp_path):
-    resumed = interrupted_copy(one_process, tmp_path / "one")
-    finish(torchrun(config(micro_dir, resumed, resume=True, **BF16), reward_dir))
-    assert_same_step(metrics(resumed)[2], metrics(one_process)[2])
+    # 1 -> 2: the one-process checkpoint's master weights became the shards (bf16 weights would be off by 1e-5)
+    assert_same_step(metrics(from_one)[2], metrics(one_process)[2])
     step3 = "checkpoints/step-000003"
-    assert_same_update(sharded_weights(resumed / step3), master_weights(one_process / step3), BF16["lr"])
+    assert_same_update(sharded_weights(from_one / step3), master_weights(one_process / step3), BF16["lr"])
 
 
 def test_master_weights_become_the_float32_shards(micro_dir):
