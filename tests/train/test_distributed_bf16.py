@@ -19,8 +19,8 @@ from rlvfast.models import load_model
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import distributed, precision
 from rlvfast.train import loop as train_mod
-from test_distributed import (COMPARED, config, finish, interrupted_copy, metrics, micro_dir, quiet,  # noqa: F401
-                              reward_dir, sharded_weights, torchrun)
+from test_distributed import COMPARED, config, finish, interrupted_copy, metrics, quiet, sharded_weights, torchrun
+from test_distributed import micro_dir, reward_dir  # noqa: F401 (the fixtures)
 
 # one optimizer step per batch: the logged loss and grad norm are those of the weights both runs start the step on;
 # lr 1e-4: a step moves a weight (~0.02) by less than a few bf16 steps of it, where master weights matter
@@ -38,16 +38,17 @@ def assert_same_step(got: dict, want: dict) -> None:
 
 
 def assert_same_update(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], lr: float) -> None:
-    """float32 weights after the same Adam step from the same weights. Adam moves an element by ~lr at
-    most; the gradients' rounding differences (~2^-8 relative) change that by ~lr / 256, so the median
-    element agrees within lr / 100 (a master weight rounded to bf16 is off by up to 2^-9 of itself, a
-    median ~1e-5 here, 10x more). An element whose gradient is within those differences of 0 may
-    move the other way, by up to 2 lr in all: at most 2% of them."""
+    """float32 weights after the same Adam step from the same weights. Adam's steps 1-3 move an element
+    by at most 1.003 lr (m_hat / sqrt(v_hat), Cauchy-Schwarz over betas 0.9, 0.99); the gradients'
+    rounding differences (~2^-8 relative) change that by ~lr / 256, so the median element agrees
+    within lr / 100 (a master weight rounded to bf16 is off by up to 2^-9 of itself, a median ~1e-5
+    here, 10x more). An element whose gradient is within those differences of 0 may move the other
+    way, by up to 2.006 lr in all: at most 2% of them (measured at step 1: 0.12%)."""
     for name, tensor in want.items():
         diff = (got[name] - tensor).abs()
         assert float(diff.median()) <= lr / 100, name
         assert float((diff > lr / 10).float().mean()) <= 0.02, name
-        assert float(diff.max()) <= 2 * lr * (1 + 1e-3), name
+        assert float(diff.max()) <= 2.01 * lr, name
 
 
 def untimed(step: dict) -> dict:
