@@ -26,7 +26,9 @@ first and a run should call at its start. `clean_stale` also deletes what crashe
 Under torchrun (`save_sharded_checkpoint`) a checkpoint holds `dcp/` (the model and optimizer
 as torch.distributed.checkpoint shards, readable at any world size), `rng-RRRRR.pt` per rank and
 `trainer_state.pt`, committed by rank 0 by the same protocol once every rank has written; OUT/final
-is gathered on rank 0 into one Hugging Face directory (`save_final_gathered`).
+is gathered on rank 0 into one Hugging Face directory (`save_final_gathered`). A one-process
+checkpoint resumed under torchrun gives the sharded model its optimizer state (`load_full_optimizer`)
+and, with --dtype bf16, its float32 master weights (`load_master_weights`).
 
 Any failure while saving raises `CheckpointError` naming what failed and the last complete
 checkpoint, after removing its temporary directory; nothing already on disk is lost, so the
