@@ -9,11 +9,11 @@ holds the collectives the trainer uses: gather a Python list from every rank (ra
 the concatenation is the one-process batch), sum floats, a barrier, broadcast from rank 0.
 A collective that fails (a peer died, or did not answer within the timeout) raises
 `DistributedError` naming this rank and the collective; the group is then broken: `destroy`
-leaves it alone and `abandon` ends the process without tearing it down. `shard` applies FSDP2 (`fully_shard`:
-each decoder layer, then the root, which keeps the embeddings, the final norm and the lm head;
-gradients summed over ranks, not averaged; float32 shards, gathered in bf16 with --dtype bf16), `full_weights` unshards every FSDP2 unit for a
-block (sampling: the Sampler reads the weights directly), `clip_grad_norm` is the global norm
-of sharded gradients.
+leaves it alone and `abandon` ends the process without tearing it down. `shard` applies FSDP2
+(`fully_shard`: each decoder layer, then the root, which keeps the embeddings, the final norm
+and the lm head; gradients summed over ranks, not averaged; float32 shards, gathered in bf16
+with --dtype bf16), `full_weights` unshards every FSDP2 unit for a block (sampling: the
+Sampler reads the weights directly), `clip_grad_norm` is the global norm of sharded gradients.
 
 Not here: what is sharded when (`rlvfast.train.loop`), the sharded checkpoint files
 (`rlvfast.train.checkpoint`).
