@@ -27,7 +27,9 @@ Under torchrun (`save_sharded_checkpoint`) a checkpoint holds `dcp/` (the traine
 LoRA the adapters alone, and the optimizer as torch.distributed.checkpoint shards, readable at any
 world size), `rng-RRRRR.pt` per rank and `trainer_state.pt`, committed by rank 0 by the same
 protocol once every rank has written; OUT/final is gathered on rank 0 into one Hugging Face
-directory (`save_final_gathered`).
+directory (`save_final_gathered`). A one-process checkpoint resumed under torchrun gives the
+sharded model its optimizer state (`load_full_optimizer`) and, with --dtype bf16, its float32
+master weights (`load_master_weights`).
 
 Any failure while saving raises `CheckpointError` naming what failed and the last complete
 checkpoint, after removing its temporary directory; nothing already on disk is lost, so the
@@ -438,6 +440,20 @@ def load_full_optimizer(model, optimizer, plain_state: dict[str, Any]) -> None:
     full = {"state": {names[i]: s for i, s in plain_state["state"].items()},
             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in plain_state["param_groups"]]}
     set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+
+def load_master_weights(model, tensors: list[torch.Tensor]) -> None:
+    """A one-process --dtype bf16 checkpoint's float32 master weights (its `master_weights`, in
+    the order of the model's trainable parameters) into the same model FSDP2-sharded: they become
+    its float32 shards (the bf16 weights saved beside them are their rounding)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]  # MasterWeights' order
+    if len(tensors) != len(names):
+        raise CheckpointError(f"--resume: the checkpoint holds {len(tensors)} master weights, the model trains "
+                              f"{len(names)} parameters")
+    # strict=False: a tied lm head is the embeddings' parameter, named once here
+    set_model_state_dict(model, dict(zip(names, tensors)), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def save_final_gathered(out: str | os.PathLike, model, tokenizer, final_model, world) -> Path:

@@ -141,7 +141,8 @@ class TrainConfig:
                                         "keeping them (memory only: the same gradient, more update time)")
     dtype: str = _opt("auto", "weights and compute: fp32 (float32 everywhere); bf16 (bf16 weights for sampling "
                       "and the forward, float32 master weights in the optimizer, or float32 LoRA adapters; "
-                      "bf16 autocast on cuda); auto: float32 weights, bf16 autocast on cuda", choices=DTYPES)
+                      "bf16 autocast on cuda); auto: float32 weights, bf16 autocast on cuda; the same under torchrun "
+                      "(bf16: FSDP2 mixed precision, float32 shards as the master weights)", choices=DTYPES)
     lora_r: int = _opt(0, "LoRA rank through peft (0: train every weight); checkpoints then hold the adapter "
                        "(adapter_model.safetensors), final/ the merged model")
     lora_alpha: float = _opt(16.0, "LoRA alpha: the adapter's update is scaled by alpha / r")

@@ -9,13 +9,14 @@ holds the collectives the trainer uses: gather a Python list from every rank (ra
 the concatenation is the one-process batch), sum floats, a barrier, broadcast from rank 0.
 A collective that fails (a peer died, or did not answer within the timeout) raises
 `DistributedError` naming this rank and the collective; the group is then broken: `destroy`
-leaves it alone and `abandon` ends the process without tearing it down. `shard` applies FSDP2 (`fully_shard`:
-each decoder layer, then the root, which keeps the embeddings, the final norm and the lm head;
-gradients summed over ranks, not averaged), `full_weights` unshards every FSDP2 unit for a
-block (sampling: the Sampler reads the weights directly), `clip_grad_norm` is the global norm
-of sharded gradients. A LoRA model (peft wraps the linears in place, `base_model.layers` stays)
-is sharded the same way: a unit holds frozen base weights and trainable adapters together, and
-FSDP2 reduce-scatters the gradients there are, the adapters'.
+leaves it alone and `abandon` ends the process without tearing it down. `shard` applies FSDP2
+(`fully_shard`: each decoder layer, then the root, which keeps the embeddings, the final norm
+and the lm head; gradients summed over ranks, not averaged; float32 shards, gathered in bf16
+with --dtype bf16), `full_weights` unshards every FSDP2 unit for a block (sampling: the
+Sampler reads the weights directly), `clip_grad_norm` is the global norm of sharded gradients.
+A LoRA model (peft wraps the linears in place, `base_model.layers` stays) is sharded the same
+way: a unit holds frozen base weights and trainable adapters together, and FSDP2
+reduce-scatters the gradients there are, the adapters'.
 
 Not here: what is sharded when (`rlvfast.train.loop`), the sharded checkpoint files
 (`rlvfast.train.checkpoint`).
@@ -183,16 +184,21 @@ def local_slice(world: World, items: list) -> tuple[list, int]:
 
 
 # ----------------------------------------------------------------------------- FSDP2
-def shard(model: torch.nn.Module, device: torch.device, dtype_name: str) -> None:
+def shard(model: torch.nn.Module, dtype_name: str) -> None:
     """FSDP2 in place: each decoder layer, then the root (embeddings, final norm and lm head,
     tied or not, in the root's unit). Gradients are summed over ranks (the loss weights are
-    normalized over the global batch already). bf16 mixed precision on CUDA unless --dtype fp32."""
+    normalized over the global batch already). The shards are float32 (upcast from --dtype
+    bf16's weights, exactly): the optimizer steps them, so they are the master weights. --dtype
+    bf16: FSDP2 mixed precision, the unsharded weights (sampling, forward, backward) in bf16,
+    the gradients reduced in float32; auto and fp32: float32 throughout (auto's bf16 autocast
+    on cuda is `precision.autocast`'s, as in one process)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # the trainer reads the root's outputs (hidden states) without in-place ops, which FSDP2 warns against
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
+    model.float()
     policy = MixedPrecisionPolicy()
-    if device.type == "cuda" and dtype_name != "fp32":
+    if dtype_name == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.base_model.layers:
         fully_shard(layer, mp_policy=policy)

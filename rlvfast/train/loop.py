@@ -207,6 +207,8 @@ def _restore(run: Run, path: Path, state: dict) -> tuple[int, int, dict]:
         return state["step"], state["num_bad_steps"], state.get("warm_start_eval", {})
     if run.world.is_distributed:  # one process's checkpoint, its weights loaded: shard its optimizer state
         ckpt.load_full_optimizer(run.model, run.optimizer, state["optimizer"])
+        if "master_weights" in state:  # --dtype bf16: its float32 master weights become the shards
+            ckpt.load_master_weights(run.model, state["master_weights"])
         state = {**state, "optimizer": None}
     result = setup.restore(run.optimizer, run.scheduler, state)
     if run.master is not None:
@@ -254,7 +256,7 @@ def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, lo
     model, tokenizer, ref_model, adapter = setup.load_models(config, shared.device, weights_from, log)
     shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
     if shared.world.is_distributed:  # FSDP2; the update then runs the model's own forward (its hooks gather)
-        distributed.shard(model, shared.device, config.dtype)
+        distributed.shard(model, config.dtype)
     with distributed.full_weights(model):  # the Sampler keeps the lm head's unsharded tensor, refilled each unshard
         sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     params = precision.trainable(model)

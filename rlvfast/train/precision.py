@@ -9,6 +9,10 @@ weights the float32 master copies the optimizer steps.
            (`MasterWeights`) and writes them back rounded, since an AdamW update of a real LLM
            (lr ~1e-6) is far below a bf16 weight's resolution (2^-8 of its size) and would be lost.
 
+Under torchrun the same three mean the same, but FSDP2 holds the weights: its float32 shards are
+what AdamW steps (so no `MasterWeights`), and bf16 is FSDP2's mixed precision (the unsharded
+weights in bf16, the gradients reduced in float32; `rlvfast.train.distributed.shard`).
+
 Not here: the loss's own float32 accumulation (`rlvfast.ops`), the sampler (it runs in the
 weights' dtype).
 """

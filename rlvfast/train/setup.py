@@ -148,9 +148,6 @@ def check_distributed(config: TrainConfig, world) -> None:
     if config.is_comparison:
         raise UserError("--compare trains the base method and RL^V one after the other in one process; under "
                         "torchrun pass --no-compare (and train the base method with --verifier-coef 0 if wanted)")
-    if config.dtype == "bf16":
-        raise UserError("--dtype bf16 (bf16 weights, float32 master copies) is not supported under torchrun; "
-                        "--dtype auto shards float32 weights and computes in bf16 on GPUs (FSDP2 mixed precision)")
 
 
 def make_optimizer(params, config: TrainConfig):
