@@ -140,9 +140,6 @@ def check_distributed(config: TrainConfig, world) -> None:
     from rlvfast.train.distributed import check_divides
 
     check_divides(world, config.prompts_per_step)
-    if config.is_comparison:
-        raise UserError("--compare trains the base method and RL^V one after the other in one process; under "
-                        "torchrun pass --no-compare (and train the base method with --verifier-coef 0 if wanted)")
     if config.lora_r:
         raise UserError(f"--lora-r {config.lora_r}: LoRA is not supported under torchrun (FSDP2) yet; train "
                         f"every weight (--lora-r 0) or run in one process")

@@ -297,7 +297,6 @@ def test_prompts_per_step_must_divide_over_the_ranks():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(eval_problems=10, compare=None), "--compare trains the base method and RL\\^V one after the other"),  # on by default
     (dict(dtype="bf16"), "--dtype bf16 .* is not supported under torchrun"),
     (dict(prompts_per_step=3), "--prompts-per-step 3 is not a multiple of the world size 2"),
     (dict(lora_r=2), "--lora-r 2: LoRA is not supported under torchrun"),
