@@ -7,14 +7,16 @@ the same summary keys and files, the base model's evaluation (split over the ran
 run's first step equal. The split evaluation of the final models (RL^V's sampled on its
 FSDP2-sharded weights, unsharded) equals one process's evaluation of the models the run wrote,
 on the same problems and seed; `--resume` at world size 2 reuses both runs and gives the same numbers.
+A lone run's table (`--no-compare`: the start's and the final evaluation) at world size 2, likewise.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from rlvfast.models import load_model
+from rlvfast.models import BASE_MODEL_DIR, load_model
 from rlvfast.sampler import Sampler
 from rlvfast.tasks.grading import Grader
 from rlvfast.train import loop as train_mod
@@ -38,7 +40,6 @@ def assert_same_evaluation(got: dict, want: dict) -> None:
             assert got[key] == pytest.approx(value, **SCORE_TOLERANCE), key
 
 
-# --- `--compare` under torchrun
 COMPARE = dict(steps=2, prompts_per_step=2, group_size=4, micro_batch=8, eval_problems=5, checkpoint_every=1,
                compare=True, dist_timeout=60, **EVAL)
 
@@ -91,8 +92,6 @@ def test_the_split_evaluation_equals_one_process(compared):
 
 
 def test_resume_at_world_size_2_reuses_both_runs(compared, tmp_path):
-    import shutil
-
     out = tmp_path / "run"
     shutil.copytree(compared[0], out)
     log = finish(torchrun(TrainConfig(out=str(out), resume=True, **COMPARE), tmp_path))
@@ -100,3 +99,18 @@ def test_resume_at_world_size_2_reuses_both_runs(compared, tmp_path):
     got, want = summary_of(out), summary_of(compared[0])
     for role in ("base_model", "base_method", "rlv", "bootstrap"):
         assert got[role] == want[role], role  # the same models split over the same ranks: the same numbers
+
+
+def test_a_lone_runs_table_at_world_size_2_is_one_process_evaluation(tmp_path):
+    """--no-compare: the start's and the final model's evaluations, split, against one process's."""
+    config = TrainConfig(out=str(tmp_path / "run"), **{**COMPARE, "steps": 1, "eval_problems": 3, "compare": False})
+    finish(torchrun(config, tmp_path))
+    summary = summary_of(Path(config.out))
+    with Grader() as grader:
+        for key, folder, num_samples in (("warm_start", BASE_MODEL_DIR, train_mod.start_eval_samples(config)),
+                                         ("eval", Path(config.out) / "final", None)):
+            model, tokenizer = load_model(folder, device=torch.device("cpu"))
+            sampler = Sampler(model, tokenizer, verify_prompt=config.resolved_verify_prompt())
+            for split, problems in report.eval_problems(config).items():
+                want = report.evaluate(sampler, problems, config, grader, seed=1, num_samples=num_samples)
+                assert_same_evaluation(summary[key][split], want)
