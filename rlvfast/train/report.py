@@ -35,21 +35,21 @@ def evaluate_pools(sampler, problems: list[Problem], config: TrainConfig, grader
     """`evaluate`'s summary and each problem's `rlvfast.eval.scaling.Pool` (the comparison's bootstrap).
 
     Under torchrun this rank samples and grades its contiguous share of `problems`
-    (`distributed.local_slice`; shares differ by one problem at most), and the summary is made
-    on every rank from all the ranks' Pools, gathered in problem order: the one-process summary,
-    since a sample's random stream is keyed by the seed and its prompt (the held-out problems
-    are distinct: no prompt's second occurrence) and the voting subsets by the seed and the
-    problem id. The sampled tokens are the same; the verifier's scores may differ in their 7th
-    digit (another batch shape). No collective runs while sampling (the Sampler reads the
-    weights unsharded by `distributed.full_weights`), so the shares may differ."""
+    (`distributed.local_slice`: the shares differ by one problem at most, and may be empty),
+    and every rank makes the summary from all the ranks' Pools, gathered in problem order. It is
+    the one-process summary: a sample's random stream is keyed by the seed and its prompt (the
+    held-out problems are distinct: no prompt has a second occurrence) and the voting subsets
+    by the seed and the problem id, so the sampled tokens are the same; the verifier's scores
+    come from another batch shape (~1e-6 apart). Sampling runs no collective (the Sampler's fast
+    trunk reads the weights `distributed.full_weights` unsharded), so the shares may differ."""
     from rlvfast.eval.samples import pool_from_records, sample_and_grade, summarize
     from rlvfast.sampler import SamplingParams
 
     params = SamplingParams(n=num_samples or config.eval_samples, max_tokens=config.max_new_tokens,
                             temperature=config.temperature, seed=seed)
     share, _ = distributed.local_slice(world, problems)
-    batch = sample_and_grade(sampler, grader, share, params)
-    pools = world.gather([pool_from_records(records) for records in batch.by_problem()], "gathering the evaluation")
+    own = sample_and_grade(sampler, grader, share, params).by_problem() if share else []  # []: more ranks than problems
+    pools = world.gather([pool_from_records(records) for records in own], "gathering the evaluation")
     return summarize(pools, num_trials=NUM_TRIALS, seed=seed), pools
 
 
