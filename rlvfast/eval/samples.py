@@ -4,7 +4,8 @@ one record per sample, and turn a problem's records into a `Pool` for `rlvfast.e
 `python -m rlvfast.eval` (`rlvfast.eval.run`) and the trainer's end-of-run table
 (`rlvfast.train.report`) both call `sample_and_grade` and `pool_from_records`; `evaluate`
 is the short form the trainer's table reads (pass@1, verifier metrics, votes at N = 1..n;
-`short_summary` makes it from `scaling` results, `evaluate_pools` also returns the Pools).
+`short_summary` makes it from `scaling` results, `summarize` from Pools, `evaluate_pools`
+also returns the Pools).
 
 A record is a plain dict, the line `rlvfast.eval` writes to OUT/samples.jsonl:
 problem_id, sample (0..n-1), difficulty, gold, text, answer (the grader's extraction),
@@ -98,9 +99,16 @@ def evaluate_pools(sampler, grader, problems: list[Problem], params, num_trials:
     for what needs each problem's samples (the comparison's paired bootstrap)."""
     batch = sample_and_grade(sampler, grader, problems, params)
     pools = [pool_from_records(records) for records in batch.by_problem()]
+    return summarize(pools, num_trials, seed), pools
+
+
+def summarize(pools: list[Pool], num_trials: int = 100, seed: int = 0) -> dict:
+    """`evaluate`'s short form from the problems' Pools (each with the same n samples): the
+    votes over `num_trials` subsets per problem and k (drawn from `seed` and the problem id),
+    the verifier metrics over every sample in problem order."""
     parallel = parallel_accuracy(pools, num_trials=num_trials, seed=seed)
-    verifier = verifier_metrics([r["score"] for r in batch.records], [r["correct"] for r in batch.records])
-    return short_summary(parallel, verifier, len(problems), params.n), pools
+    verifier = verifier_metrics([s for p in pools for s in p.scores], [c for p in pools for c in p.correct])
+    return short_summary(parallel, verifier, len(pools), pools[0].n)
 
 
 def short_summary(parallel: dict, verifier: dict, num_problems: int, num_samples: int) -> dict:

@@ -1,4 +1,5 @@
-"""The paper's comparison in one process (`python -m rlvfast.train` by default; `--compare`).
+"""The paper's comparison (`python -m rlvfast.train` by default; `--compare`), in one process or
+under torchrun.
 
 In order: the base model (the runs' start) evaluated on the held-out splits, its pass@1 and
 its own P("Yes") as a judge (OUT/base_model.json); the base method, lambda = 0, trained into
@@ -6,6 +7,11 @@ OUT/base_method (a run directory like any other); RL^V, the config as given, tra
 OUT; both final models evaluated (`eval_samples` per problem); then the comparison
 (`rlvfast.eval.compare`: the table, OUT/comparison.png) and OUT/summary.json, with the time
 per phase. One grader and one tokenizer serve both runs (`loop.Shared`).
+
+Under torchrun every rank runs all of it: both trainings are FSDP2-sharded as a lone torchrun
+run is, each evaluation is split over the ranks (`report.evaluate_pools`), every rank computes
+the summary and rank 0 alone logs and writes OUT's files (the other ranks read
+OUT/base_method/final: --out is on a filesystem every node shares, as for any torchrun run).
 
 The base method's config is `dataclasses.replace(config, verifier_coef=0.0,
 out=OUT/base_method, compare=False)`: the same start, seed and problems; each run seeds itself
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +37,7 @@ from tqdm import tqdm
 
 from rlvfast.eval.compare import Evaluated, compare, format_comparison, plot_comparison
 from rlvfast.train import checkpoint as ckpt
-from rlvfast.train import loop, run_dir, setup, trackers
+from rlvfast.train import distributed, loop, run_dir, setup, trackers
 from rlvfast.train.config import TrainConfig
 from rlvfast.train.report import eval_problems, evaluate_pools
 
@@ -74,7 +81,7 @@ def train_compare(config: TrainConfig, shared: loop.Shared, log) -> dict:
     base_config = base_method_config(config)
     _train_base_method(base_config, shared, log)
     rlv_resume = config.resume and _has_checkpoint(out)
-    with trackers.open_trackers(config, rlv_resume) as tracked:
+    with _open_trackers(config, rlv_resume, shared.world) as tracked:
         rlv_run, _ = loop.fit(replace(config, resume=rlv_resume), shared, {}, log, tracked)
         t0 = time.perf_counter()
         evaluated = _evaluate_finals(config, shared, rlv_run, splits)
@@ -84,21 +91,28 @@ def train_compare(config: TrainConfig, shared: loop.Shared, log) -> dict:
         summary["wall_seconds"] = time.perf_counter() - wall_start
         summary["time"] = _phase_times([base_config, config], eval_seconds, summary["wall_seconds"])
         tracked.log_summary(summary, config.steps)
-    _write_base_summary(base_config, summary["base_method"])
-    loop.write_summary(out, summary)
-    plot_comparison(summary, out / PLOT_FILE)
+    if shared.world.is_main:
+        _write_base_summary(base_config, summary["base_method"])
+        loop.write_summary(out, summary)
+        plot_comparison(summary, out / PLOT_FILE)
     log(format_comparison(summary))
     log(f"done in {summary['wall_seconds']:.0f} s; RL^V at {out / 'final'}, the base method at "
         f"{out / BASE_DIR / 'final'}, the plot at {out / PLOT_FILE}")
     return summary
 
 
+def _open_trackers(config: TrainConfig, resume: bool, world: distributed.World):
+    """`trackers.open_trackers` on rank 0; none on the other ranks."""
+    return trackers.open_trackers(config, resume) if world.is_main else nullcontext(trackers.NO_TRACKERS)
+
+
 def _evaluate_base_model(config: TrainConfig, shared: loop.Shared, splits: dict, log) -> dict:
     """split -> the start's pass@1 and verifier metrics (`loop.start_eval_samples` per
-    problem), kept in OUT/base_model.json; a --resume reads it back."""
-    path = Path(config.out) / BASE_MODEL_FILE
-    if config.resume and path.is_file():
-        return json.loads(path.read_text())
+    problem), kept in OUT/base_model.json; a --resume reads it back (rank 0, for every rank)."""
+    path, world = Path(config.out) / BASE_MODEL_FILE, shared.world
+    saved = json.loads(path.read_text()) if world.is_main and config.resume and path.is_file() else None
+    if (saved := world.broadcast(saved, "reading base_model.json")) is not None:
+        return saved
     from rlvfast.models import load_model
     from rlvfast.sampler import Sampler
 
@@ -107,24 +121,30 @@ def _evaluate_base_model(config: TrainConfig, shared: loop.Shared, splits: dict,
     sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     evaluated = _evaluate({"base model": sampler}, splits, config, shared, loop.start_eval_samples(config))
     result = {split: e.summary for split, e in evaluated["base model"].items()}
-    path.write_text(json.dumps(result, indent=1))
+    if world.is_main:
+        path.write_text(json.dumps(result, indent=1))
     log("base model: " + ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in result.items()))
     return result
 
 
 def _train_base_method(config: TrainConfig, shared: loop.Shared, log) -> None:
-    """Trains the base method into its OUT, or reuses it (see the module's docstring)."""
-    out = Path(config.out)
+    """Trains the base method into its OUT, or reuses it (see the module's docstring; rank 0
+    decides for every rank and prepares its OUT)."""
+    out, world = Path(config.out), shared.world
     summary_path = out / "summary.json"
-    if config.resume and (out / "final").is_dir() and summary_path.is_file() \
-            and json.loads(summary_path.read_text()).get("steps") == config.steps:
+    reuse = world.is_main and config.resume and (out / "final").is_dir() and summary_path.is_file() \
+        and json.loads(summary_path.read_text()).get("steps") == config.steps
+    if world.broadcast(reuse, "checking the base method's final model"):
         log(f"base method: reusing {out / 'final'}")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir.prepare(out, config.resume, overwrite=not config.resume)  # no checkpoint: start it afresh
-    with trackers.open_trackers(config, config.resume) as tracked:  # its own: OUT/base_method/runs, ...
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        run_dir.prepare(out, config.resume, overwrite=not config.resume)  # no checkpoint: start it afresh
+    world.barrier("waiting for rank 0 to prepare the base method's directory")
+    with _open_trackers(config, config.resume, world) as tracked:  # its own: OUT/base_method/runs, ...
         loop.fit(config, shared, {}, log, tracked)
-    _write_base_summary(config, {})
+    if world.is_main:
+        _write_base_summary(config, {})
 
 
 def _write_base_summary(config: TrainConfig, evaluation: dict) -> None:
@@ -136,26 +156,29 @@ def _write_base_summary(config: TrainConfig, evaluation: dict) -> None:
 
 def _evaluate_finals(config: TrainConfig, shared: loop.Shared, rlv_run, splits: dict) -> dict:
     """"base_method" and "rlv" -> split -> Evaluated, `eval_samples` per problem; the base
-    method's model is read back from OUT/base_method/final."""
+    method's model is read back from OUT/base_method/final (on every rank), RL^V's sampled
+    on its unsharded weights."""
     from rlvfast.models import load_model
     from rlvfast.sampler import Sampler
 
     base_model, _ = load_model(str(Path(config.out) / BASE_DIR / "final"), device=shared.device)
     base_sampler = Sampler(base_model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     rlv_run.model.eval()
-    return _evaluate({"base_method": base_sampler, "rlv": rlv_run.sampler}, splits, config, shared,
-                     config.eval_samples)
+    with distributed.full_weights(rlv_run.model):
+        return _evaluate({"base_method": base_sampler, "rlv": rlv_run.sampler}, splits, config, shared,
+                         config.eval_samples)
 
 
 def _evaluate(samplers: dict, splits: dict, config: TrainConfig, shared: loop.Shared, num_samples: int) -> dict:
-    """name -> split -> Evaluated, each sampler on each split (seed 1, as a lone run's table),
-    under one "evaluation" progress bar."""
+    """name -> split -> Evaluated, each sampler on each split (seed 1, as a lone run's table;
+    under torchrun each rank samples its share), under one "evaluation" progress bar (rank 0's)."""
     out: dict = {name: {} for name in samplers}
-    with tqdm(total=len(samplers) * len(splits), desc="evaluation", disable=None, file=sys.stderr) as bar:
+    with tqdm(total=len(samplers) * len(splits), desc="evaluation", disable=None if shared.world.is_main else True,
+              file=sys.stderr) as bar:
         for name, sampler in samplers.items():
             for split, problems in splits.items():
                 summary, pools = evaluate_pools(sampler, problems, config, shared.grader, seed=1,
-                                                num_samples=num_samples)
+                                                num_samples=num_samples, world=shared.world)
                 out[name][split] = Evaluated(summary, pools)
                 bar.update(1)
     return out

@@ -178,9 +178,10 @@ def check_divides(world: World, prompts_per_step: int) -> None:
 
 
 def local_slice(world: World, items: list) -> tuple[list, int]:
-    """(this rank's contiguous share of `items`, the index of its first item)."""
-    share = len(items) // world.size
-    return items[world.rank * share:(world.rank + 1) * share], world.rank * share
+    """(this rank's contiguous share of `items`, the index of its first item); the shares are
+    equal when the world size divides len(items), else they differ by one item at most."""
+    first, end = world.rank * len(items) // world.size, (world.rank + 1) * len(items) // world.size
+    return items[first:end], first
 
 
 # ----------------------------------------------------------------------------- FSDP2

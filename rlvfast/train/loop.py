@@ -127,7 +127,7 @@ def _train_in_world(config: TrainConfig, world: distributed.World, device: torch
     elif config.resume and ckpt.is_sharded(setup.latest_checkpoint(config.out)) and not world.is_distributed:
         world = distributed.join_alone(device, config.dist_timeout)  # a torchrun checkpoint, resumed in one process
     if world.is_distributed:
-        setup.check_distributed(config, world)
+        distributed.check_divides(world, config.prompts_per_step)
         log = log if world.is_main else _quiet
     with _hold_out(config, world):
         with Grader(timeout=config.grader_timeout) as grader:  # the worker pool ends with the run, however it ends
@@ -273,9 +273,9 @@ def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
         return {}
     t0 = time.perf_counter()
     num_samples = start_eval_samples(run.config)
-    with distributed.full_weights(run.model):  # every rank evaluates (the same), rank 0 reports
-        warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples)
-                     for s, p in splits.items()}
+    with distributed.full_weights(run.model):  # each rank samples its share of each split (`evaluate`)
+        warm_eval = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, num_samples=num_samples,
+                                 world=run.world) for s, p in splits.items()}
     log(f"warm start evaluated in {time.perf_counter() - t0:.0f} s: " +
         ", ".join(f"{s} pass@1 {r['pass@1']:.3f}" for s, r in warm_eval.items()))
     return warm_eval
@@ -317,8 +317,9 @@ def _summary(run: Run, splits: dict[str, list[Problem]], warm_eval: dict) -> dic
     if splits:
         run.model.eval()
         summary["warm_start"] = warm_eval
-        with distributed.full_weights(run.model):
-            summary["eval"] = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1) for s, p in splits.items()}
+        with distributed.full_weights(run.model):  # each rank samples its share of each split (`evaluate`)
+            summary["eval"] = {s: evaluate(run.sampler, p, run.config, run.grader, seed=1, world=run.world)
+                               for s, p in splits.items()}
     return summary
 
 

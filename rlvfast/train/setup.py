@@ -140,16 +140,6 @@ def final_model(config: TrainConfig, state: dict[str, torch.Tensor], log) -> tor
     return adapter.merge_and_unload() if adapter is not None else model
 
 
-def check_distributed(config: TrainConfig, world) -> None:
-    """The options torchrun runs (`rlvfast.train.distributed`); a UserError naming the others."""
-    from rlvfast.train.distributed import check_divides
-
-    check_divides(world, config.prompts_per_step)
-    if config.is_comparison:
-        raise UserError("--compare trains the base method and RL^V one after the other in one process; under "
-                        "torchrun pass --no-compare (and train the base method with --verifier-coef 0 if wanted)")
-
-
 def make_optimizer(params, config: TrainConfig):
     """(AdamW over `params`, its schedule: linear warmup over `config.warmup` steps, then constant or
     a cosine decay to 10% of the peak at the last step, `config.lr_schedule`)."""

@@ -296,18 +296,6 @@ def test_prompts_per_step_must_divide_over_the_ranks():
     distributed.check_divides(distributed.World(0, 2), 4)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(eval_problems=10, compare=None), "--compare trains the base method and RL\\^V one after the other"),  # on by default
-    (dict(prompts_per_step=3), "--prompts-per-step 3 is not a multiple of the world size 2"),
-])
-def test_options_torchrun_does_not_run_are_named(micro_dir, tmp_path, overrides, message):
-    from rlvfast.train import setup
-
-    with pytest.raises(UserError, match=message):
-        setup.check_distributed(config(micro_dir, tmp_path, **overrides), distributed.World(0, 2))
-    setup.check_distributed(config(micro_dir, tmp_path), distributed.World(0, 2))
-
-
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean", "constant"])
 def test_a_ranks_loss_weights_are_those_of_its_samples_in_one_process(loss_agg):
     from types import SimpleNamespace
