@@ -221,11 +221,16 @@ def full_weights(model: torch.nn.Module) -> Iterator[None]:
     parameters (the same tensor objects at every unshard), so code that reads weights directly
     (the Sampler's fast trunk and lm head) sees them. A model without FSDP2: nothing done."""
     units = fsdp_units(model)
+    layers = [unit for unit in units if unit is not model]  # the root keeps its weights after forward anyway
     for unit in units:
         unit.unshard()
+    for unit in layers:  # a forward in the block (HF's trunk) must not reshard: its next one would all-gather,
+        unit.set_reshard_after_forward(False, recurse=False)  # a collective the other ranks may never join
     try:
         yield
     finally:
+        for unit in layers:
+            unit.set_reshard_after_forward(True, recurse=False)  # `shard`'s setting for the layers
         for unit in units:
             unit.reshard()
 

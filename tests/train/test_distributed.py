@@ -257,6 +257,38 @@ def test_a_hung_peer_ends_a_collective_with_the_timeout(tmp_path):
     assert "ERROR rank 0 of 2: summing the loss failed" in out and "--dist-timeout 3 s" in out, out
 
 
+UNEVEN = textwrap.dedent('''
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from rlvfast.train import distributed
+    world = distributed.init(torch.device("cpu"), 20)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    distributed.shard(model, "fp32")
+    with torch.no_grad(), distributed.full_weights(model):  # ranks decode different lengths: 1 and 3 forwards
+        for _ in range(1 + 2 * world.rank):
+            logits = model(torch.tensor([[1, 2, 3]])).logits
+    world.barrier("after the forwards")
+    print("LOGITS", world.rank, round(logits.sum().item(), 4))
+    distributed.destroy()
+''')
+
+
+def test_forwards_inside_full_weights_need_no_collective(tmp_path):
+    """HF's trunk (a model the Sampler's fast trunk does not support) samples by calling the FSDP2
+    units' forwards: inside `full_weights` they must not reshard, or a rank's next forward would
+    all-gather with peers that decode fewer steps (it hung until the timeout)."""
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = sorted(line.split() for line in proc.stdout.splitlines() if line.startswith("LOGITS"))
+    assert [rank for _, rank, _ in lines] == ["0", "1"] and lines[0][2] == lines[1][2], proc.stdout
+
+
 class socket_port:
     """A free TCP port (closed again before the processes bind it)."""
 
