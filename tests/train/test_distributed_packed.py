@@ -1,0 +1,84 @@
+"""The trainer's packed forward (`rlvfast.train.forward.read_hidden`) under FSDP2 (design (b)).
+
+In one process on a one-rank group: read_hidden on the sharded model runs as one call of the
+root unit and one call of each layer's unit (counted), never HF's forward, and gives the
+unsharded model's hidden states and, through a loss that reads the lm head's weight after it
+(as the trainer's fused loss does), its gradients, every one of them sharded by FSDP2.
+At world size 2 (torchrun, gloo): one RL^V step of a 2-layer model (a first layer and a last
+one, which runs only the read rows) with --gradient-checkpointing equals one process.
+"""
+import pytest
+import torch
+
+from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.train import distributed
+from rlvfast.train import forward as train_forward
+from rlvfast.train import loop as train_mod
+from train.test_distributed import (assert_same_step, config, finish, metrics, quiet, reward_dir,  # noqa: F401
+                                    sharded_weights, torchrun)
+from train.test_forward import _rows
+
+
+@pytest.fixture(scope="module")
+def two_layers(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("packed") / "m",
+                            TinyModelConfig(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, seed=3))
+
+
+def _loss(model, hidden: torch.Tensor) -> torch.Tensor:
+    """A loss that reads the lm head's weight after the trunk, in the forward and the backward."""
+    weight = model.get_output_embeddings().weight  # (V, H)
+    return torch.logsumexp(hidden @ weight.T, dim=-1).sum()
+
+
+def _full(grad: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(grad, DTensor), "a gradient FSDP2 did not reduce-scatter"
+    return grad.full_tensor()
+
+
+def test_read_hidden_runs_as_calls_of_the_fsdp2_units(two_layers, monkeypatch):
+    ids, _, lengths, cut, read = _rows()
+    plain, _ = load_model(two_layers)
+    want = train_forward.read_hidden(plain, ids, lengths, cut, read)  # (M, H)
+    _loss(plain, want).backward()
+
+    sharded, _ = load_model(two_layers)
+    calls = []
+
+    def counted(self, fn, *args):
+        calls.append(self)
+        return fn(*args)
+
+    monkeypatch.setattr(distributed, "_run", counted)
+    for module in (sharded, sharded.base_model.layers[0]):
+        monkeypatch.setattr(type(module), "forward", lambda *a, **k: pytest.fail("HF's forward ran"))
+    distributed.join_alone(torch.device("cpu"))
+    try:
+        distributed.shard(sharded, torch.device("cpu"), "fp32")
+        distributed.register_unit_calls(sharded)
+        got = train_forward.read_hidden(sharded, ids, lengths, cut, read)
+        assert calls == [sharded, *sharded.base_model.layers]  # the root, then each layer once
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        _loss(sharded, got).backward()
+        grads = {name: p.grad for name, p in sharded.named_parameters()}
+        for name, p in plain.named_parameters():
+            torch.testing.assert_close(_full(grads[name]), p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    finally:
+        distributed.destroy()
+
+
+def test_a_packed_step_at_world_size_2_equals_one_process(two_layers, reward_dir, tmp_path):  # noqa: F811
+    cfg = dict(steps=1, gradient_checkpointing=True)
+    two = tmp_path / "two"
+    finish(torchrun(config(two_layers, two, **cfg), reward_dir))
+    one = tmp_path / "one"
+    train_mod.train(config(two_layers, one, **cfg), log=quiet)
+    assert_same_step(metrics(two)[0], metrics(one)[0])
+    from safetensors.torch import load_file
+
+    want = load_file(one / "final" / "model.safetensors")
+    got = sharded_weights(two / "checkpoints" / "step-000001")
+    for name, tensor in want.items():  # per tensor, relative L2: see test_distributed's equality test
+        assert float((got[name] - tensor).norm()) <= 1e-5 * float(tensor.norm()), name
