@@ -19,6 +19,10 @@ padded forward, all exact in math:
 Same math as the HF modules: RMSNorm statistics in float32, the model's rotary embedding
 (positions continue across prefix and suffix), SDPA, SiLU-gated MLP, GQA.
 
+Each decoder layer runs as one step over both streams (the prefixes, then the suffixes that
+attend to them), so under FSDP2 (`rlvfast.train.distributed.unit_call`) every unit is
+gathered once in the forward and once in the backward, as HF's own forward would have it.
+
 `read_plan` turns the loss's rows (`rlvfast.train.loss.RowBatch`) into `read_hidden`'s arguments
 and the rows re-indexed into its output.
 
