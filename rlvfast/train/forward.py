@@ -189,15 +189,41 @@ def _layer_step(ctx: _Trunk, module: torch.nn.Module, hidden: tuple) -> tuple:
     suffix causally]. After the last layer: (None, the read rows (M, H))."""
     layer, (prefix, suffix) = FusedLayer(module, ctx.shape), hidden
     is_last = module is ctx.last
-    prefix_kv = None
-    if prefix is not None:
-        prefix_kv, prefix = _prefix_layer(prefix, layer, ctx.prefix_rope, is_last)
-    args = (suffix, layer, ctx.pack, prefix_kv, ctx.rope, ctx.mask)
-    if is_last:
-        return None, _last_layer(*args)
-    if ctx.checkpoint:
-        return prefix, torch.utils.checkpoint.checkpoint(_suffix_layer, *args, use_reentrant=False)
-    return prefix, _suffix_layer(*args)  # (Ntok, H)
+    with _fused_weights_rebuilt(layer, module):
+        prefix_kv = None
+        if prefix is not None:
+            prefix_kv, prefix = _prefix_layer(prefix, layer, ctx.prefix_rope, is_last)
+        args = (suffix, layer, ctx.pack, prefix_kv, ctx.rope, ctx.mask)
+        if is_last:
+            return None, _last_layer(*args)
+        if ctx.checkpoint:  # its own fused weights, rebuilt in the recompute: the checkpoint keeps its arguments
+            return prefix, torch.utils.checkpoint.checkpoint(_rebuilt_suffix_layer, module, ctx.shape, suffix, *args[2:],
+                                                             use_reentrant=False)
+        return prefix, _suffix_layer(*args)  # (Ntok, H)
+
+
+def _fused_weights_rebuilt(layer: FusedLayer, module: torch.nn.Module):
+    """Autograd keeps no copy of `layer`'s concatenated weights (q/k/v, gate/up) for the
+    backward: a saved view of one is stored as its place and re-concatenated from `module`'s
+    parameters when the backward reads it (bit-equal: the parameters have not changed; under
+    FSDP2 they are regathered by then). So a layer's fused copies live only during its call,
+    like the parameters FSDP2 frees after it. These hooks hide the layer's saved tensors from
+    any outer `saved_tensors_hooks` (rlvfast has none)."""
+    fused = {t.untyped_storage().data_ptr(): name for name, t in (("qkv", layer.qkv), ("gate_up", layer.gate_up))}
+    shape = layer.shape  # the hooks live as long as the saved tensors: they must not hold `layer`
+
+    def pack(t: torch.Tensor):
+        name = fused.get(t.untyped_storage().data_ptr())
+        return t if name is None else (name, t.size(), t.stride(), t.storage_offset())
+
+    def unpack(saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        name, size, stride, offset = saved
+        with torch.no_grad():
+            return getattr(FusedLayer(module, shape), name).as_strided(size, stride, offset)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def _suffix_attention(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
@@ -217,6 +243,12 @@ def _suffix_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv,
     """One whole layer on the packed suffix tokens: (Ntok, H) -> (Ntok, H)."""
     out = _suffix_attention(h, layer, pack, prefix_kv, rope, mask)  # (B*S, nh hd)
     return layer.mlp_block(h + F.linear(out.index_select(0, pack.real), layer.o))  # (Ntok, H)
+
+
+def _rebuilt_suffix_layer(module: torch.nn.Module, shape: HeadShape, h: torch.Tensor, *args) -> torch.Tensor:
+    """`_suffix_layer` on fused weights of its own, so that a checkpoint of it keeps no fused
+    copy for the backward (it rebuilds them in its recompute)."""
+    return _suffix_layer(h, FusedLayer(module, shape), *args)
 
 
 def _last_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:

@@ -3,10 +3,14 @@
 In one process on a one-rank group: read_hidden on the sharded model runs as one call of the
 root unit and one call of each layer's unit (counted), never HF's forward, and gives the
 unsharded model's hidden states and, through a loss that reads the lm head's weight after it
-(as the trainer's fused loss does), its gradients, every one of them sharded by FSDP2.
+(as the trainer's fused loss does), its gradients, every one of them sharded by FSDP2; no
+layer's concatenated weights outlive its call (the backward rebuilds them).
 At world size 2 (torchrun, gloo): one RL^V step of a 2-layer model (a first layer and a last
 one, which runs only the read rows) with --gradient-checkpointing equals one process.
 """
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -58,8 +62,20 @@ def test_read_hidden_runs_as_calls_of_the_fsdp2_units(two_layers, monkeypatch):
     try:
         distributed.shard(sharded, torch.device("cpu"), "fp32")
         distributed.register_unit_calls(sharded)
-        got = train_forward.read_hidden(sharded, ids, lengths, cut, read)
+        fused = []
+
+        class Recorded(train_forward.FusedLayer):
+            def __init__(self, *args):
+                super().__init__(*args)
+                if torch.is_grad_enabled():  # the forward's, not the backward's rebuilt ones
+                    fused.extend(weakref.ref(w) for w in (self.qkv, self.gate_up))
+
+        monkeypatch.setattr(train_forward, "FusedLayer", Recorded)
+        got = train_forward.read_hidden(sharded, ids, lengths, cut, read, checkpoint=True)
         assert calls == [sharded, *sharded.base_model.layers]  # the root, then each layer once
+        gc.collect()
+        # 2 per layer, and the checkpointed suffix of the first layer builds its own (the last one is not checkpointed)
+        assert len(fused) == 6 and all(ref() is None for ref in fused)  # no fused copy waits for the backward
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
         _loss(sharded, got).backward()
         grads = {name: p.grad for name, p in sharded.named_parameters()}
