@@ -136,8 +136,9 @@ def _synthetic_rollouts(shape: dict, vocab: int, seed: int) -> list:
         prompt = torch.randint(3, vocab, (shape["prompt_len"],), generator=g).tolist()
         for i in range(8):
             n = int(torch.randint(shape["completion_len"] // 2, shape["completion_len"] + 1, (1,), generator=g))
-            samples.append(Sample(prompt, torch.randint(3, vocab, (n,), generator=g).tolist(), -torch.rand(n, generator=g),
-                                  advantage=float(i % 3 - 1), token_weight=1e-3, label_id=3 + i % 2, label_weight=1e-2))
+            completion = torch.randint(3, vocab, (n,), generator=g).tolist()
+            samples.append(Sample(prompt, completion, -torch.rand(n, generator=g), advantage=float(i % 3 - 1),
+                                  token_weight=1e-3, label_id=3 + i % 2, label_weight=1e-2))
     return samples
 
 

@@ -193,13 +193,13 @@ def _layer_step(ctx: _Trunk, module: torch.nn.Module, hidden: tuple) -> tuple:
         prefix_kv = None
         if prefix is not None:
             prefix_kv, prefix = _prefix_layer(prefix, layer, ctx.prefix_rope, is_last)
-        args = (suffix, layer, ctx.pack, prefix_kv, ctx.rope, ctx.mask)
+        rest = (ctx.pack, prefix_kv, ctx.rope, ctx.mask)
         if is_last:
-            return None, _last_layer(*args)
-        if ctx.checkpoint:  # its own fused weights, rebuilt in the recompute: the checkpoint keeps its arguments
-            return prefix, torch.utils.checkpoint.checkpoint(_rebuilt_suffix_layer, module, ctx.shape, suffix, *args[2:],
+            return None, _last_layer(suffix, layer, *rest)  # (M, H)
+        if ctx.checkpoint:  # fused weights of its own, rebuilt in the recompute: a checkpoint keeps its arguments
+            return prefix, torch.utils.checkpoint.checkpoint(_rebuilt_suffix_layer, module, ctx.shape, suffix, *rest,
                                                              use_reentrant=False)
-        return prefix, _suffix_layer(*args)  # (Ntok, H)
+        return prefix, _suffix_layer(suffix, layer, *rest)  # (Ntok, H)
 
 
 def _fused_weights_rebuilt(layer: FusedLayer, module: torch.nn.Module):
@@ -254,7 +254,8 @@ def _rebuilt_suffix_layer(module: torch.nn.Module, shape: HeadShape, h: torch.Te
 def _last_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
     """The last layer: attention over every suffix token, the rest only at the read rows: (M, H)."""
     out = _suffix_attention(h, layer, pack, prefix_kv, rope, mask)  # (B*S, nh hd)
-    return layer.mlp_block(h.index_select(0, pack.read_packed) + F.linear(out.index_select(0, pack.read_suffix), layer.o))
+    attended = F.linear(out.index_select(0, pack.read_suffix), layer.o)  # (M, H)
+    return layer.mlp_block(h.index_select(0, pack.read_packed) + attended)
 
 
 def read_plan(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBatch]:
