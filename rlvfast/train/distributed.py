@@ -13,8 +13,8 @@ leaves it alone and `abandon` ends the process without tearing it down. `shard` 
 each decoder layer, then the root, which keeps the embeddings, the final norm and the lm head;
 gradients summed over ranks, not averaged), `full_weights` unshards every FSDP2 unit for a
 block (sampling: the Sampler reads the weights directly), `register_unit_calls` / `unit_call`
-run a function as a unit's forward (the trainer's packed forward), `clip_grad_norm` is the global norm
-of sharded gradients.
+run a function as a unit's forward (the trainer's packed forward), `clip_grad_norm` is the
+global norm of sharded gradients.
 
 Not here: what is sharded when (`rlvfast.train.loop`), the sharded checkpoint files
 (`rlvfast.train.checkpoint`).
@@ -228,6 +228,7 @@ UNIT_CALL = "rlvfast_unit_call"  # the forward method `register_unit_calls` give
 
 
 def _run(self: torch.nn.Module, fn, *args):
+    """The forward method FSDP2 wraps (`register_unit_calls`): fn(*args)."""
     return fn(*args)
 
 
