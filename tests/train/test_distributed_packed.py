@@ -5,6 +5,8 @@ root unit and one call of each layer's unit (counted), never HF's forward, and g
 unsharded model's hidden states and, through a loss that reads the lm head's weight after it
 (as the trainer's fused loss does), its gradients, every one of them sharded by FSDP2; no
 layer's concatenated weights outlive its call (the backward rebuilds them).
+`loop.update` on the sharded model through the packed forward and through the root's own
+forward (what other architectures run) equals the one-process update.
 At world size 2 (torchrun, gloo): one RL^V step of a 2-layer model (a first layer and a last
 one, which runs only the read rows) with --gradient-checkpointing equals one process.
 """
@@ -56,8 +58,8 @@ def test_read_hidden_runs_as_calls_of_the_fsdp2_units(two_layers, monkeypatch):
         return fn(*args)
 
     monkeypatch.setattr(distributed, "_run", counted)
-    for module in (sharded, sharded.base_model.layers[0]):
-        monkeypatch.setattr(type(module), "forward", lambda *a, **k: pytest.fail("HF's forward ran"))
+    for module in (sharded, *sharded.base_model.layers):  # the instances: HF wraps its classes' forward once
+        monkeypatch.setattr(module, "forward", lambda *a, **k: pytest.fail("HF's forward ran"))
     distributed.join_alone(torch.device("cpu"))
     try:
         distributed.shard(sharded, torch.device("cpu"), "fp32")
@@ -98,3 +100,46 @@ def test_a_packed_step_at_world_size_2_equals_one_process(two_layers, reward_dir
     got = sharded_weights(two / "checkpoints" / "step-000001")
     for name, tensor in want.items():  # per tensor, relative L2: see test_distributed's equality test
         assert float((got[name] - tensor).norm()) <= 1e-5 * float(tensor.norm()), name
+
+
+def test_update_under_fsdp2_equals_one_process_through_either_forward(two_layers):
+    """`loop.update` on the sharded model (a one-rank group), the packed forward (design (b))
+    and the root module's forward (design (a), what a model `forward.supports` refuses runs):
+    the one-process update's loss, grad norm, P("Yes") and weights; two micro-batches."""
+    from types import SimpleNamespace
+
+    from rlvfast.train.config import TrainConfig
+    from rlvfast.train.loss import Sample
+
+    g = torch.Generator().manual_seed(4)
+    samples = [Sample([11, 12, 13, 14] if i < 3 else [21, 22], completion, -torch.rand(len(completion), generator=g),
+                      advantage=0.7 - 0.3 * i, token_weight=0.1, label_id=99 + i % 2, label_weight=1 / 6)
+               for i, completion in enumerate([[40, 41, 1], [42, 43, 44, 45], [1], [46, 1], [47, 48, 49], [50]])]
+    config = TrainConfig(model=str(two_layers), out="unused", group_size=3, prompts_per_step=2, micro_batch=4,
+                         max_new_tokens=4, lr=1e-2, eval_problems=0)
+    sampler = SimpleNamespace(verify_ids=[60, 61], eos_ids=[1], yes_id=99, no_id=100)
+
+    def update(world, fast):
+        model, _ = load_model(two_layers)
+        if world.is_distributed:
+            distributed.shard(model, torch.device("cpu"), "fp32")
+            distributed.register_unit_calls(model)
+        run = train_mod.Run(config, model, SimpleNamespace(pad_token_id=0), sampler,
+                            torch.optim.AdamW(model.parameters(), lr=1e-2), None, None, config.loss_config(), None,
+                            torch.device("cpu"), fast_forward=fast, world=world)
+        result = train_mod.update(run, samples)
+        return result, {name: getattr(p, "full_tensor", lambda: p)().detach() for name, p in model.named_parameters()}
+
+    want, want_weights = update(distributed.SINGLE, True)
+    assert not want["skipped"] and len(want["p_yes"]) == 6
+    world = distributed.join_alone(torch.device("cpu"))
+    try:
+        for fast in (True, False):
+            got, weights = update(world, fast)
+            for key in ("loss", "loss/policy", "loss/verifier", "grad_norm"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5), (fast, key)
+            assert got["p_yes"] == pytest.approx(want["p_yes"], rel=1e-5)
+            for name, tensor in want_weights.items():  # relative L2: see test_distributed's equality test
+                assert float((weights[name] - tensor).norm()) <= 1e-5 * float(tensor.norm()), (fast, name)
+    finally:
+        distributed.destroy()
