@@ -13,7 +13,9 @@ leaves it alone and `abandon` ends the process without tearing it down. `shard` 
 (`fully_shard`: each decoder layer, then the root, which keeps the embeddings, the final norm
 and the lm head; gradients summed over ranks, not averaged; float32 shards, gathered in bf16
 with --dtype bf16), `full_weights` unshards every FSDP2 unit for a block (sampling: the
-Sampler reads the weights directly), `clip_grad_norm` is the global norm of sharded gradients.
+Sampler reads the weights directly), `register_unit_calls` / `unit_call` run a function as a
+unit's forward (the trainer's packed forward), `clip_grad_norm` is the global norm of sharded
+gradients.
 A LoRA model (peft wraps the linears in place, `base_model.layers` stays) is sharded the same
 way: a unit holds frozen base weights and trainable adapters together, and FSDP2
 reduce-scatters the gradients there are, the adapters'.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -233,6 +236,37 @@ def full_weights(model: torch.nn.Module) -> Iterator[None]:
             unit.set_reshard_after_forward(True, recurse=False)  # `shard`'s setting for the layers
         for unit in units:
             unit.reshard()
+
+
+# ----------------------------------------------------------------------------- FSDP2: forwards that read weights
+UNIT_CALL = "rlvfast_unit_call"  # the forward method `register_unit_calls` gives each FSDP2 unit
+
+
+def _run(self: torch.nn.Module, fn, *args):
+    """The forward method FSDP2 wraps (`register_unit_calls`): fn(*args)."""
+    return fn(*args)
+
+
+def register_unit_calls(model: torch.nn.Module) -> None:
+    """Gives each FSDP2 unit of `model` a second forward method, `unit_call`'s: fn(*args) runs
+    inside the unit's FSDP2 hooks (`register_fsdp_forward_method`): its parameters gathered
+    before, resharded after (the root: kept, as after its own forward), gathered again in the
+    backward and their gradients reduce-scattered. For code that reads a unit's weights
+    directly instead of calling its `forward` (the trainer's packed forward)."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    for unit in fsdp_units(model):
+        setattr(unit, UNIT_CALL, types.MethodType(_run, unit))
+        register_fsdp_forward_method(unit, UNIT_CALL)
+
+
+def unit_call(module: torch.nn.Module, fn, *args):
+    """fn(*args), as a forward of `module` where it is an FSDP2 unit (`register_unit_calls`);
+    plainly fn(*args) otherwise. fn must read the unit's parameters through `module`'s
+    attributes (FSDP2 swaps in the gathered tensors) and take its grad-carrying tensors in
+    `args` (FSDP2's backward hooks attach to them and to its outputs)."""
+    call = getattr(module, UNIT_CALL, None)
+    return fn(*args) if call is None else call(fn, *args)
 
 
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:

@@ -19,6 +19,10 @@ padded forward, all exact in math:
 Same math as the HF modules: RMSNorm statistics in float32, the model's rotary embedding
 (positions continue across prefix and suffix), SDPA, SiLU-gated MLP, GQA.
 
+Each decoder layer runs as one step over both streams (the prefixes, then the suffixes that
+attend to them), so under FSDP2 (`rlvfast.train.distributed.unit_call`) every unit is
+gathered once in the forward and once in the backward, as HF's own forward would have it.
+
 `read_plan` turns the loss's rows (`rlvfast.train.loss.RowBatch`) into `read_hidden`'s arguments
 and the rows re-indexed into its output.
 
@@ -37,6 +41,7 @@ import torch.utils.checkpoint
 
 from rlvfast.models import llama
 from rlvfast.models.llama import FusedLayer, HeadShape, attention, rms_norm, split_heads
+from rlvfast.train.distributed import unit_call
 from rlvfast.train.loss import RowBatch
 
 
@@ -103,22 +108,22 @@ def _pack(input_ids: torch.Tensor, lengths: Sequence[int], prefix_lengths: list[
                     read_suffix, read_packed)
 
 
-def _prefix_kv(trunk: torch.nn.Module, layers: list[FusedLayer],
-               prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Keys/values (U, nkv, P, hd) of every layer for the distinct prefixes, causally (right
-    padding is harmless); the last layer's output is never read, so it is not computed."""
-    num_prefixes, p_width = prefix_ids.shape
-    h = trunk.embed_tokens(prefix_ids)  # (U, P, H)
-    positions = torch.arange(p_width, device=h.device).expand(num_prefixes, p_width)  # (U, P)
-    cos, sin = (x[:, None] for x in trunk.rotary_emb(h, positions))  # (U, 1, P, hd)
-    prefix_kv = []
-    for i, layer in enumerate(layers):
-        q, k, v = split_heads(layer.project(h), layer, cos, sin)
-        prefix_kv.append((k, v))
-        if i < len(layers) - 1:
-            h = h + F.linear(attention(q, k, v, None, layer.scaling), layer.o)
-            h = layer.mlp_block(h)
-    return prefix_kv
+def _embed(trunk: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """Token embeddings of `ids` and the rotary (cos, sin) (B, 1, T, hd) at `positions` (B, T)."""
+    h = trunk.embed_tokens(ids)
+    cos, sin = (x[:, None] for x in trunk.rotary_emb(h, positions))
+    return h, (cos, sin)
+
+
+def _prefix_layer(h: torch.Tensor, layer: FusedLayer, rope: tuple, is_last: bool):
+    """One layer on the distinct prefixes h (U, P, H), causally (right padding is harmless):
+    (its keys/values (U, nkv, P, hd), the next hidden states; None after the last layer,
+    whose output no one reads)."""
+    q, k, v = split_heads(layer.project(h), layer, *rope)
+    if is_last:
+        return (k, v), None
+    h = h + F.linear(attention(q, k, v, None, layer.scaling), layer.o)
+    return (k, v), layer.mlp_block(h)
 
 
 def _suffix_mask(cut: torch.Tensor, p_width: int, s_width: int) -> torch.Tensor | None:
@@ -133,33 +138,92 @@ def _suffix_mask(cut: torch.Tensor, p_width: int, s_width: int) -> torch.Tensor 
                       causal.expand(rows, s_width, s_width)], dim=-1)[:, None]
 
 
+@dataclass(slots=True)
+class _Trunk:
+    """What each layer step reads besides the hidden states."""
+    pack: _Packing
+    shape: HeadShape
+    prefix_rope: tuple | None    # (cos, sin) (U, 1, P, hd); None without prefixes
+    rope: tuple                  # (cos, sin) (B, 1, S, hd) of the suffixes
+    mask: torch.Tensor | None    # (B, 1, S, P + S) `_suffix_mask`
+    last: torch.nn.Module        # the last decoder layer: only the read rows leave it
+    checkpoint: bool
+
+
 def read_hidden(model: torch.nn.Module, input_ids: torch.Tensor, lengths: Sequence[int],
                 prefix_lengths: Sequence[int], read_index: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
     """Final-norm hidden states (M, H) at flat positions `read_index` (M,) of the right-padded
     rows input_ids (B, T) with `lengths` real tokens each. Row b's first prefix_lengths[b]
     tokens may be shared with other rows; every read position must lie at or after it.
     `checkpoint`: each suffix layer but the last is recomputed in the backward instead of
-    keeping its activations (`--gradient-checkpointing`; the same values and gradients)."""
-    trunk, shape = model.base_model, HeadShape.from_config(model.config)
+    keeping its activations (`--gradient-checkpointing`; the same values and gradients).
+    FSDP2-sharded (`distributed.register_unit_calls`): the whole runs as a call of the root
+    unit and each layer step as a call of its layer's unit, so FSDP2 gathers each unit's
+    weights around the math that reads them and reduce-scatters their gradients; the root
+    stays unsharded after it, for the loss's lm head, as after the root's own forward."""
     pack = _pack(input_ids, lengths, [int(n) for n in prefix_lengths], read_index)
-    p_width = pack.prefix_ids.shape[1]
-    layers = [FusedLayer(layer, shape) for layer in trunk.layers]
-    prefix_kv = _prefix_kv(trunk, layers, pack.prefix_ids) if p_width > 0 else []
+    return unit_call(model, _trunk, model, pack, checkpoint)  # (M, H)
 
-    # the suffixes: attend to [own prefix (masked to its length), suffix causally]
-    h = trunk.embed_tokens(pack.suffix_ids.reshape(-1).index_select(0, pack.real))  # (Ntok, H)
-    positions = pack.cut[:, None] + torch.arange(pack.suffix_ids.shape[1], device=h.device)  # (B, S)
-    cos, sin = (x[:, None] for x in trunk.rotary_emb(h, positions))  # (B, 1, S, hd)
-    mask = _suffix_mask(pack.cut, p_width, pack.suffix_ids.shape[1])
-    for i, layer in enumerate(layers[:-1]):
-        args = (h, layer, pack, prefix_kv[i] if p_width > 0 else None, (cos, sin), mask)
-        h = (torch.utils.checkpoint.checkpoint(_suffix_layer, *args, use_reentrant=False) if checkpoint
-             else _suffix_layer(*args))  # (Ntok, H)
-    out = _suffix_attention(h, layers[-1], pack, prefix_kv[-1] if p_width > 0 else None, (cos, sin), mask)
-    # the last layer: only the rows the loss reads
-    h = layers[-1].mlp_block(h.index_select(0, pack.read_packed) + F.linear(out.index_select(0, pack.read_suffix),
-                                                                              layers[-1].o))  # (M, H)
-    return rms_norm(h, trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
+
+def _trunk(model: torch.nn.Module, pack: _Packing, checkpoint: bool) -> torch.Tensor:
+    """read_hidden's forward: both streams through every layer step, then the final norm."""
+    trunk = model.base_model
+    (num_prefixes, p_width), s_width = pack.prefix_ids.shape, pack.suffix_ids.shape[1]
+    prefix, prefix_rope = None, None
+    if p_width > 0:
+        prefix, prefix_rope = _embed(trunk, pack.prefix_ids, torch.arange(p_width, device=pack.cut.device)
+                                     .expand(num_prefixes, p_width))  # (U, P, H)
+    suffix, rope = _embed(trunk, pack.suffix_ids.reshape(-1).index_select(0, pack.real),
+                          pack.cut[:, None] + torch.arange(s_width, device=pack.cut.device))  # (Ntok, H)
+    ctx = _Trunk(pack, HeadShape.from_config(model.config), prefix_rope, rope, _suffix_mask(pack.cut, p_width, s_width),
+                 trunk.layers[-1], checkpoint)
+    hidden = (prefix, suffix)
+    for layer in trunk.layers:
+        hidden = unit_call(layer, _layer_step, ctx, layer, hidden)
+    return rms_norm(hidden[1], trunk.norm.weight, trunk.norm.variance_epsilon)  # (M, H)
+
+
+def _layer_step(ctx: _Trunk, module: torch.nn.Module, hidden: tuple) -> tuple:
+    """One decoder layer on (prefixes (U, P, H) or None, packed suffixes (Ntok, H)): the
+    prefixes' keys/values, then the suffixes attend to [own prefix (masked to its length),
+    suffix causally]. After the last layer: (None, the read rows (M, H))."""
+    layer, (prefix, suffix) = FusedLayer(module, ctx.shape), hidden
+    is_last = module is ctx.last
+    with _fused_weights_rebuilt(layer, module):
+        prefix_kv = None
+        if prefix is not None:
+            prefix_kv, prefix = _prefix_layer(prefix, layer, ctx.prefix_rope, is_last)
+        rest = (ctx.pack, prefix_kv, ctx.rope, ctx.mask)
+        if is_last:
+            return None, _last_layer(suffix, layer, *rest)  # (M, H)
+        if ctx.checkpoint:  # fused weights of its own, rebuilt in the recompute: a checkpoint keeps its arguments
+            return prefix, torch.utils.checkpoint.checkpoint(_rebuilt_suffix_layer, module, ctx.shape, suffix, *rest,
+                                                             use_reentrant=False)
+        return prefix, _suffix_layer(suffix, layer, *rest)  # (Ntok, H)
+
+
+def _fused_weights_rebuilt(layer: FusedLayer, module: torch.nn.Module):
+    """Autograd keeps no copy of `layer`'s concatenated weights (q/k/v, gate/up) for the
+    backward: a saved view of one is stored as its place and re-concatenated from `module`'s
+    parameters when the backward reads it (bit-equal: the parameters have not changed; under
+    FSDP2 they are regathered by then). So a layer's fused copies live only during its call,
+    like the parameters FSDP2 frees after it. These hooks hide the layer's saved tensors from
+    any outer `saved_tensors_hooks` (rlvfast has none)."""
+    fused = {t.untyped_storage().data_ptr(): name for name, t in (("qkv", layer.qkv), ("gate_up", layer.gate_up))}
+    shape = layer.shape  # the hooks live as long as the saved tensors: they must not hold `layer`
+
+    def pack(t: torch.Tensor):
+        name = fused.get(t.untyped_storage().data_ptr())
+        return t if name is None else (name, t.size(), t.stride(), t.storage_offset())
+
+    def unpack(saved):
+        if isinstance(saved, torch.Tensor):
+            return saved
+        name, size, stride, offset = saved
+        with torch.no_grad():
+            return getattr(FusedLayer(module, shape), name).as_strided(size, stride, offset)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def _suffix_attention(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
@@ -179,6 +243,19 @@ def _suffix_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv,
     """One whole layer on the packed suffix tokens: (Ntok, H) -> (Ntok, H)."""
     out = _suffix_attention(h, layer, pack, prefix_kv, rope, mask)  # (B*S, nh hd)
     return layer.mlp_block(h + F.linear(out.index_select(0, pack.real), layer.o))  # (Ntok, H)
+
+
+def _rebuilt_suffix_layer(module: torch.nn.Module, shape: HeadShape, h: torch.Tensor, *args) -> torch.Tensor:
+    """`_suffix_layer` on fused weights of its own, so that a checkpoint of it keeps no fused
+    copy for the backward (it rebuilds them in its recompute)."""
+    return _suffix_layer(h, FusedLayer(module, shape), *args)
+
+
+def _last_layer(h: torch.Tensor, layer: FusedLayer, pack: _Packing, prefix_kv, rope, mask) -> torch.Tensor:
+    """The last layer: attention over every suffix token, the rest only at the read rows: (M, H)."""
+    out = _suffix_attention(h, layer, pack, prefix_kv, rope, mask)  # (B*S, nh hd)
+    attended = F.linear(out.index_select(0, pack.read_suffix), layer.o)  # (M, H)
+    return layer.mlp_block(h.index_select(0, pack.read_packed) + attended)
 
 
 def read_plan(rows: RowBatch, prefix_lengths: list[int]) -> tuple[tuple, RowBatch]:

@@ -255,8 +255,9 @@ def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, lo
     weights_from = None if resume_from is not None and ckpt.is_sharded(resume_from) else resume_from
     model, tokenizer, ref_model, adapter = setup.load_models(config, shared.device, weights_from, log)
     shared.tokenizer = tokenizer if shared.tokenizer is None else shared.tokenizer
-    if shared.world.is_distributed:  # FSDP2; the update then runs the model's own forward (its hooks gather)
+    if shared.world.is_distributed:  # FSDP2; the update's packed forward runs as calls of its units
         distributed.shard(model, config.dtype)
+        distributed.register_unit_calls(model)
     with distributed.full_weights(model):  # the Sampler keeps the lm head's unsharded tensor, refilled each unshard
         sampler = Sampler(model, shared.tokenizer, verify_prompt=config.resolved_verify_prompt())
     params = precision.trainable(model)
@@ -264,7 +265,7 @@ def _build_run(config: TrainConfig, shared: Shared, resume_from: Path | None, lo
     optimizer, scheduler = setup.make_optimizer(master.params if master else params, config)
     return Run(config, model, shared.tokenizer, sampler, optimizer, shared.grader, shared.reward_fn,
                config.loss_config(), ref_model, shared.device, scheduler, adapter=adapter, master=master,
-               fast_forward=not shared.world.is_distributed, world=shared.world)
+               world=shared.world)
 
 
 def _evaluate_start(run: Run, splits: dict[str, list[Problem]], log) -> dict:
@@ -477,17 +478,18 @@ def _backward(run: Run, inputs: list[tuple], p_yes: list[float] | None) -> tuple
 
 
 def _hidden(run: Run, read: tuple | None, r) -> torch.Tensor:
-    """The final-norm hidden states the loss reads: (N + B, H) from the packed forward (`read`),
-    else (B, T, H) from HF's trunk; sharded, from the model's own forward, whose FSDP2 hooks
-    gather the weights and reduce-scatter the gradients (logits of the last position only)."""
+    """The final-norm hidden states the loss reads: (N + B, H) from the packed forward (`read`;
+    sharded, as calls of the FSDP2 units), else (B, T, H) from HF's trunk; sharded, from the
+    model's own forward, whose FSDP2 hooks gather the weights and reduce-scatter the gradients
+    (logits of the last position only)."""
+    if read is not None:
+        return train_forward.read_hidden(run.model, r.input_ids, *read,
+                                         checkpoint=run.config.gradient_checkpointing)  # (N + B, H)
     if run.world.is_distributed:
         out = run.model(input_ids=r.input_ids, attention_mask=r.attention_mask, logits_to_keep=1,
                         output_hidden_states=True)
         return out.hidden_states[-1]  # (B, T, H), after the final norm
-    if read is None:
-        return run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
-    return train_forward.read_hidden(run.model, r.input_ids, *read,
-                                     checkpoint=run.config.gradient_checkpointing)  # (N + B, H)
+    return run.model.model(input_ids=r.input_ids, attention_mask=r.attention_mask).last_hidden_state  # (B, T, H)
 
 
 # ----------------------------------------------------------------------------- saving
