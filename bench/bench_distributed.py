@@ -90,7 +90,7 @@ def memory_worker() -> None:
     model = LlamaForCausalLM(LlamaConfig(**MEMORY_CONFIG))
     num_params = sum(p.numel() for p in model.parameters())
     if world.is_distributed:
-        distributed.shard(model, torch.device("cpu"), "fp32")
+        distributed.shard(model, "fp32")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -158,7 +158,7 @@ def update_worker(model_name: str, repeats: int) -> None:
     runs, seconds = {}, {"a": [], "b": []}
     for design in seconds:
         model = _update_model(model_name)
-        distributed.shard(model, torch.device("cpu"), "fp32")
+        distributed.shard(model, "fp32")
         distributed.register_unit_calls(model)
         runs[design] = loop.Run(config, model, SimpleNamespace(pad_token_id=0), sampler,
                                 torch.optim.AdamW(model.parameters(), lr=1e-6), None, None, config.loss_config(),

@@ -62,7 +62,7 @@ def test_read_hidden_runs_as_calls_of_the_fsdp2_units(two_layers, monkeypatch):
         monkeypatch.setattr(module, "forward", lambda *a, **k: pytest.fail("HF's forward ran"))
     distributed.join_alone(torch.device("cpu"))
     try:
-        distributed.shard(sharded, torch.device("cpu"), "fp32")
+        distributed.shard(sharded, "fp32")
         distributed.register_unit_calls(sharded)
         fused = []
 
@@ -122,7 +122,7 @@ def test_update_under_fsdp2_equals_one_process_through_either_forward(two_layers
     def update(world, fast):
         model, _ = load_model(two_layers)
         if world.is_distributed:
-            distributed.shard(model, torch.device("cpu"), "fp32")
+            distributed.shard(model, "fp32")
             distributed.register_unit_calls(model)
         run = train_mod.Run(config, model, SimpleNamespace(pad_token_id=0), sampler,
                             torch.optim.AdamW(model.parameters(), lr=1e-2), None, None, config.loss_config(), None,
