@@ -53,13 +53,18 @@ def micro_dir(tmp_path_factory):
                             TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
-@pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory):
+def module_on_path(tmp_path_factory, name: str, source: str):
+    """A fixture's body: a folder holding `name`.py (`source`), on sys.path while the fixture lives."""
     folder = tmp_path_factory.mktemp("reward")
-    (folder / "rlvfast_dist_rewards.py").write_text(REWARD_MODULE)
+    (folder / f"{name}.py").write_text(source)
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory):
+    yield from module_on_path(tmp_path_factory, "rlvfast_dist_rewards", REWARD_MODULE)
 
 
 def config(micro_dir, out, **overrides) -> TrainConfig:

@@ -4,13 +4,13 @@ same batch and seed (1e-5 relative, as tests/train/test_distributed.py). VinePPO
 continues its own rollouts; dynamic sampling: a step that needs a second round, whose policy
 groups are the first useful ones in the one-process order and one useful group verifier-only.
 """
-import sys
 
 import pytest
 
 from rlvfast.train import loop as train_mod
 from rlvfast.train.dynamic_sampling import by_rank
-from test_distributed import assert_same_step, config, finish, metrics, micro_dir, quiet, torchrun  # noqa: F401
+from test_distributed import (assert_same_step, config, finish, metrics, micro_dir, module_on_path, quiet,  # noqa: F401
+                              torchrun)
 
 GROUP_SIZE = 4
 REWARD_MODULE = f'''
@@ -35,11 +35,7 @@ DYNAMIC_COMPARED = ("dynamic/rounds", "dynamic/useful_groups", "dynamic/filtered
 
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reward")
-    (folder / "rlvfast_dist_vine_rewards.py").write_text(REWARD_MODULE)
-    sys.path.insert(0, str(folder))
-    yield folder
-    sys.path.remove(str(folder))
+    yield from module_on_path(tmp_path_factory, "rlvfast_dist_vine_rewards", REWARD_MODULE)
 
 
 @pytest.mark.parametrize("options, compared", [(VINE, VINE_COMPARED), (DYNAMIC, DYNAMIC_COMPARED)],
