@@ -2,7 +2,7 @@
 
 The dry run runs every step (build plan, env, op parity, loss, sampler, two RL^V steps, the same
 under torchrun and a resume, pytest) on CPU tensors at tiny shapes in its own processes, as the
-GPU run does at full size (~75 s on two shared cores); its JSON must hold every section with
+GPU run does at full size (~80 s on two shared cores); its JSON must hold every section with
 numbers, and its markdown one table.
 The report must survive a step that stopped early, and the budget must skip what does not fit.
 """
