@@ -17,4 +17,10 @@ EXPECTED = {
     "train.step1": "6-25 s (compilation)",
     "train.step2": "3-5 s: 2.3-3.6 / <0.1 / 0.6-1.5 s",
     "train.outside": "10-30 s",
+    "torchrun.first": "30-75 s",
+    "torchrun.resume": "25-65 s",
+    "torchrun.first_step": "5-20 s (a process's first)",
+    "torchrun.step": "3-6 s",
+    "torchrun.memory": "15-35 GiB",
+    "torchrun.vs_one": "<= 1e-3",
 }

@@ -112,13 +112,46 @@ def train_rows(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def launch_row(what: str, run: dict | None, expected: str) -> list[tuple[str, str, str]]:
+    """A torchrun launch's exit code and wall time, and the worker's error line when it failed."""
+    if run is None:
+        return []
+    rows = [(what, f"exit {run['returncode']}, {fmt(run['wall_s'], '.1f', ' s')}", expected)]
+    if "error" in run:
+        rows.append((f"{what}: the worker's last line", run["error"][:200], ""))
+    return rows
+
+
+def torchrun_rows(d: dict) -> list[tuple[str, str, str]]:
+    rows = launch_row(f"torchrun x{d.get('nproc')}, --steps 2, a checkpoint every step", d.get("first"),
+                      EXPECTED["torchrun.first"])
+    rows += launch_row("the same with --resume, to step 3", d.get("resume"), EXPECTED["torchrun.resume"])
+    for m in d.get("steps", []):
+        split = " / ".join(fmt(m[k], ".3f") for k in ("time/sampling", "time/grading", "time/update"))
+        expected = EXPECTED["torchrun.first_step" if m["step"] in d["first_in_process"] else "torchrun.step"]
+        rows.append((f"step {m['step']}: sampling / grading / update; loss, grad norm",
+                     f"{split} s = {fmt(m['step_s'], '.2f', ' s')}; {fmt(m['loss'], '.4g')}, "
+                     f"{fmt(m['grad_norm'], '.4g')}", expected))
+    for m in d.get("vs_one_process", []):
+        rows.append((f"step {m['step']} vs `train`'s (one process): loss, grad norm",
+                     f"{fmt(m['loss'], '.1e')}, {fmt(m['grad_norm'], '.1e')} relative", EXPECTED["torchrun.vs_one"]))
+    kept = d.get("checkpoints", d.get("checkpoints_first"))
+    if kept is not None:
+        rows.append(("checkpoints kept: dcp/ in each", ", ".join(f"{k} {v}" for k, v in kept.items()), "True"))
+    if "peak_memory_mib" in d:
+        peak = None if d["peak_memory_mib"] is None else d["peak_memory_mib"] / 1024
+        rows.append(("peak device memory used (nvidia-smi, polled)", fmt(peak, ".1f", " GiB"),
+                     EXPECTED["torchrun.memory"]))
+    return rows
+
+
 def op_tests_rows(d: dict) -> list[tuple[str, str, str]]:
     counts = ", ".join(f"{v} {k}" for k, v in d.items() if isinstance(v, int))
     return [("pytest " + " ".join(d.get("args", [])), counts or "-", "all pass")]
 
 
 ROWS = {"build": build_rows, "env": env_rows, "ops": ops_rows, "loss": loss_rows, "sampler": sampler_rows,
-        "train": train_rows, "op_tests": op_tests_rows}
+        "train": train_rows, "torchrun": torchrun_rows, "op_tests": op_tests_rows}
 
 
 def markdown(results: dict) -> str:

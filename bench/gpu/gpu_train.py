@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from gpu_common import StepContext, peak_memory_bytes
 from gpu_model import VERIFY_PROMPT, model_dir
 
-METRICS = ("time/sampling", "time/grading", "time/update", "tokens_per_second", "completions/mean_length",
+METRICS = ("step", "time/sampling", "time/grading", "time/update", "tokens_per_second", "completions/mean_length",
            "num_train_tokens", "loss", "grad_norm", "reward")
 NUM_STEPS = 2
 
@@ -33,6 +34,15 @@ def train_config(ctx: StepContext):
                        verify_prompt=VERIFY_PROMPT, checkpoint_every=NUM_STEPS)
 
 
+def read_steps(run_dir: Path) -> list[dict]:
+    """Each step's METRICS from run_dir/metrics.jsonl, with step_s = sampling + grading + update."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    steps = [{k: m.get(k) for k in METRICS} for m in map(json.loads, lines)]
+    for m in steps:
+        m["step_s"] = m["time/sampling"] + m["time/grading"] + m["time/update"]
+    return steps
+
+
 def train_step(ctx: StepContext) -> None:
     from rlvfast.train.loop import train
 
@@ -43,10 +53,7 @@ def train_step(ctx: StepContext) -> None:
     start = time.perf_counter()
     train(config, log=ctx.log)
     wall = time.perf_counter() - start
-    lines = (ctx.work_dir / "train_run" / "metrics.jsonl").read_text().splitlines()
-    steps = [{k: m.get(k) for k in METRICS} for m in map(json.loads, lines)]
-    for m in steps:
-        m["step_s"] = m["time/sampling"] + m["time/grading"] + m["time/update"]
+    steps = read_steps(ctx.work_dir / "train_run")
     ctx.record(steps=steps, wall_s=wall, outside_steps_s=wall - sum(m["step_s"] for m in steps),
                peak_memory_bytes=peak_memory_bytes(ctx.device))
     if len(steps) != NUM_STEPS:

@@ -7,6 +7,7 @@ Steps, in order (bench/gpu/gpu_*.py; README.md beside this file says how to run 
   loss      fused policy loss fwd+bwd, bf16, N=16384 H=1536 V=151936: fused Triton, plain bf16 / fp32, Liger
   sampler   Sampler vs HF generate, random Qwen2.5-0.5B-shaped model, 32 prompts x 8 samples x 512 tokens
   train     two RL^V steps of that model (bf16, group 8) through rlvfast.train.loop.train: the split
+  torchrun  the same run under `torchrun --nproc-per-node 1` (nccl, FSDP2 bf16, DCP): 2 steps, then --resume to 3
   op_tests  pytest tests/ops
 Each step runs in its own process under its own time-out, clipped to what is left of the global
 budget, so a failure, a hang or a broken CUDA context loses that step only; a step writes its
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = {"build": ("gpu_build", "build_step", 240), "env": ("gpu_build", "env_step", 60),
          "ops": ("gpu_ops", "ops_step", 120), "loss": ("gpu_loss", "loss_step", 120),
          "sampler": ("gpu_sampler", "sampler_step", 120), "train": ("gpu_train", "train_step", 150),
-         "op_tests": ("gpu_build", "op_tests_step", 180)}
+         "torchrun": ("gpu_torchrun", "torchrun_step", 150), "op_tests": ("gpu_build", "op_tests_step", 180)}
 RESERVE_S = 10  # kept back from the budget for the last report
 MIN_STEP_S = 20  # a step is skipped when less than this is left
 
