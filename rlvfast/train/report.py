@@ -40,8 +40,8 @@ def evaluate_pools(sampler, problems: list[Problem], config: TrainConfig, grader
     the one-process summary: a sample's random stream is keyed by the seed and its prompt (the
     held-out problems are distinct: no prompt has a second occurrence) and the voting subsets
     by the seed and the problem id, so the sampled tokens are the same; the verifier's scores
-    come from another batch shape (~1e-6 apart). Sampling runs no collective (the Sampler's fast
-    trunk reads the weights `distributed.full_weights` unsharded), so the shares may differ."""
+    come from another batch shape (~1e-6 apart). Sampling runs no collective (inside
+    `distributed.full_weights` no FSDP2 unit gathers or reshards), so the shares may differ."""
     from rlvfast.eval.samples import pool_from_records, sample_and_grade, summarize
     from rlvfast.sampler import SamplingParams
 
