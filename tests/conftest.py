@@ -34,6 +34,15 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def micro_dir(tmp_path_factory):
+    """A random 1-layer, 32-wide model directory: the trainer tests' fastest model (read only)."""
+    from rlvfast.models import TinyModelConfig, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("micro") / "m",
+                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A freshly built random tiny model directory (built once per session)."""
     from rlvfast.models import build_tiny_model
@@ -96,6 +105,20 @@ def device_backends(op: str) -> list[str]:
         except ImportError:
             backends.remove("triton")
     return backends
+
+
+def peak_rss_of(script: str, timeout: float) -> dict:
+    """The JSON object `script` (run by `python -c` in a fresh process: a clean heap) prints on its
+    last line: its peak-RSS measurements, which need Linux's /proc/self/clear_refs (else skip)."""
+    import json
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS counter")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def fake_hub_cache(hf_home: Path, repo: str, model_dir: Path) -> None:

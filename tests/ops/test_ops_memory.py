@@ -13,16 +13,12 @@ case frees may stay resident and be reused unseen by the next case, but never 25
 Measured here: policy_loss 48 MiB (grad_weight, the chunk buffer and the test's own
 weight clone, 16 MiB each), token_logprobs 49 MiB, verifier_scores 11 MiB, reference 1284 MiB.
 """
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import rlvfast.ops as ops
-from conftest import CPU_ONLY, TEST_DEVICE
+from conftest import CPU_ONLY, TEST_DEVICE, peak_rss_of
 
 N, H, V, CHUNK = 512, 32, 131072, 32
 LOGITS_BYTES = N * V * 4  # 256 MiB
@@ -75,11 +71,7 @@ print(json.dumps({{name: peak_extra_bytes(fn) for name, fn in cases.items()}}))
 @CPU_ONLY
 @pytest.mark.skipif("cpp" not in ops.available_backends("cpu"), reason="rlvfast._C is not built")
 def test_fused_cpu_ops_never_hold_the_logits():
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS counter")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    peaks = peak_rss_of(SCRIPT, timeout=300)
     mib = {k: round(v / 2**20, 1) for k, v in peaks.items()}
     assert peaks["reference_policy_loss"] > LOGITS_BYTES, mib  # the measurement sees [N, V]
     for name in ("cpp_policy_loss", "cpp_token_logprobs", "cpp_verifier_scores"):

@@ -4,17 +4,13 @@ Old log-probs are built as logprobs - offset so each token's ratio r = exp(offse
 where we want it: inside the clip band, below it, or above it, with advantages of both
 signs, so every branch of the clipped loss and of its gradient is hit. Chunk size 4 rows.
 """
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import rlvfast.ops as ops
-from conftest import CPU_ONLY, TEST_DEVICE, device_backends
+from conftest import CPU_ONLY, TEST_DEVICE, device_backends, peak_rss_of
 from dtype_tolerances import LOW_PRECISION, assert_fp32_accurate, assert_rounded_once
 from rlvfast.ops import reference
 from rlvfast.ops.cpp import FusedConfig, TokenBatch
@@ -358,11 +354,7 @@ print(json.dumps({{"cpp": peak("cpp"), "reference": peak("reference")}}))
 @CPU_ONLY
 @pytest.mark.skipif("cpp" not in ops.available_backends("cpu"), reason="rlvfast._C is not built")
 def test_gspo_two_pass_never_holds_the_logits():
-    if not Path("/proc/self/clear_refs").exists():
-        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS counter")
-    out = subprocess.run([sys.executable, "-c", MEM_SCRIPT], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    peaks = peak_rss_of(MEM_SCRIPT, timeout=600)
     logits_bytes = MEM_N * MEM_V * 4
     mib = {k: round(v / 2**20, 1) for k, v in peaks.items()}
     assert peaks["reference"] > logits_bytes, mib  # the measurement sees [N, V]

@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import loop as train_mod
 from rlvfast.train import run_dir
@@ -17,12 +16,6 @@ from rlvfast.train.config import TrainConfig, parse_config
 SPLITS = ("test", "hard")
 KS = ("1", "2", "4")
 SHORT_KEYS = ("pass@1", "verifier_balanced_accuracy", "verifier_auc")
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("compare") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 def config(micro_dir, out, **overrides) -> TrainConfig:

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import loop as train_mod
 from rlvfast.train.config import TrainConfig
@@ -24,12 +23,6 @@ def record(prompts, completions, completion_ids, answer, problem, id, **columns)
 '''
 TRAIN = [{"q": "Compute 2+3.", "a": "5"}, {"q": "Compute 4*2.", "a": "8"}, {"q": "Compute 9-7.", "a": "2"}]
 TEST = [{"q": "Compute 1+1.", "a": "2"}, {"q": "Compute 3*3.", "a": "9"}]
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("train") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.models import load_model
 from rlvfast.sampler import Sampler, SamplingParams, format_prompt
 from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import distributed
@@ -45,12 +45,6 @@ OPTIONS = dict(steps=3, prompts_per_step=2, group_size=4, max_new_tokens=8, micr
 # what a step computes from its rollouts: equal at world sizes 1 and 2 up to float rounding
 COMPARED = ("loss", "loss/policy", "loss/verifier", "kl", "grad_norm", "reward", "reward_std", "num_train_tokens",
             "completions/mean_length", "entropy", "verifier/accuracy", "clip_ratio")
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("dist") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 def module_on_path(tmp_path_factory, name: str, source: str):

@@ -20,7 +20,7 @@ from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import distributed, precision
 from rlvfast.train import loop as train_mod
 from test_distributed import COMPARED, config, finish, interrupted_copy, metrics, quiet, sharded_weights, torchrun
-from test_distributed import micro_dir, reward_dir  # noqa: F401 (the fixtures)
+from test_distributed import reward_dir  # noqa: F401 (the fixture)
 
 # one optimizer step per batch: the logged loss and grad norm are those of the weights both runs start the step on;
 # lr 1e-4: a step moves a weight (~0.02) by less than a few bf16 steps of it, where master weights matter

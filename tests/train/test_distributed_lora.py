@@ -16,7 +16,7 @@ from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import loop as train_mod
 from rlvfast.train import setup
 from test_distributed import (COMPARED, assert_same_step, config, finish, interrupted_copy, metrics,  # noqa: F401
-                              micro_dir, quiet, reward_dir, sharded_weights, torchrun)
+                              quiet, reward_dir, sharded_weights, torchrun)
 
 LORA = dict(lora_r=4, lora_alpha=8.0)
 

@@ -20,9 +20,9 @@ from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
 from rlvfast.train import distributed
 from rlvfast.train import forward as train_forward
 from rlvfast.train import loop as train_mod
-from train.test_distributed import (assert_same_step, config, finish, metrics, quiet, reward_dir,  # noqa: F401
-                                    sharded_weights, torchrun)
-from train.test_forward import _rows
+from test_distributed import (assert_same_step, config, finish, metrics, quiet, reward_dir,  # noqa: F401
+                              sharded_weights, torchrun)
+from test_forward import _rows
 
 
 @pytest.fixture(scope="module")

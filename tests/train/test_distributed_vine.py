@@ -9,8 +9,7 @@ import pytest
 
 from rlvfast.train import loop as train_mod
 from rlvfast.train.dynamic_sampling import by_rank
-from test_distributed import (assert_same_step, config, finish, metrics, micro_dir, module_on_path, quiet,  # noqa: F401
-                              torchrun)
+from test_distributed import assert_same_step, config, finish, metrics, module_on_path, quiet, torchrun
 
 GROUP_SIZE = 4
 REWARD_MODULE = f'''

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.models import load_model
 from rlvfast.tasks.problems import Problem
 from rlvfast.train import dynamic_sampling
 from rlvfast.train import loop as train_mod
@@ -29,12 +29,6 @@ def varied(prompts, completions, completion_ids, **columns):
 def constant(prompts, completions, **columns):
     return [1.0] * len(completions)
 '''
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("dyn") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 @pytest.fixture()

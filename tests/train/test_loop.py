@@ -18,7 +18,7 @@ from rlvfast.train import checkpoint as ckpt
 from rlvfast.train import loop as train_mod
 from rlvfast.train import report
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.models import load_model
 from rlvfast.train.config import TrainConfig, parse_config
 from rlvfast.train.warm_start import WarmStartConfig
 
@@ -34,12 +34,6 @@ def some_none(prompts, completions, completion_ids, **columns):
 def all_none(prompts, completions, **columns):
     return [None] * len(completions)
 '''
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("train") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 @pytest.fixture()

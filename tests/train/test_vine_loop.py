@@ -10,7 +10,7 @@ import torch
 
 from rlvfast import Sampler
 from rlvfast.cli import UserError
-from rlvfast.models import TinyModelConfig, build_tiny_model, load_model
+from rlvfast.models import load_model
 from rlvfast.sampler import Completion, RequestOutput
 from rlvfast.tasks.problems import Problem
 from rlvfast.train import checkpoint as ckpt
@@ -35,12 +35,6 @@ EXPECTED = [0.25] * 4 + [-0.5] * 4 + [0.75] * 2 + [0.25] * 4 + [-0.75] * 2
 
 def whole_solution_reward(prompts, completions, completion_ids, **columns):
     return [float(text.startswith("a=1\n") and text.endswith("X")) for text in completions]
-
-
-@pytest.fixture(scope="module")
-def micro_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("vine") / "m",
-                            TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64))
 
 
 def config(micro_dir, out, **overrides) -> TrainConfig:
